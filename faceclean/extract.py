@@ -1,0 +1,421 @@
+"""`faceclean extract`: face images -> L2-normalised embeddings in a Parquet store.
+
+Pipeline: a thread pool decodes and normalises batches of images (PIL and NumPy release the
+GIL) while the main thread runs the ONNX model on the previous batch, so the model, not the
+decoder, sets the pace. The dataset is cut into fixed chunks of ``chunk_size`` images; each
+finished chunk is written atomically to ``<output>.partial/``, so a killed run started again
+with the same arguments skips the finished chunks. When all chunks are done they are joined
+into the output (written under a temporary name, then renamed) and the partial folder goes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from faceclean import __version__
+from faceclean.datasets import FaceDataset, open_dataset
+from faceclean.errors import FacecleanError
+from faceclean.onnx_model import FaceModel
+from faceclean.preprocess import PRESETS, Preprocessing, load_tensor
+from faceclean.store import atomic_path, embedding_schema, embedding_table
+
+PART_KEY = b"faceclean.part"
+
+
+@dataclass
+class ExtractResult:
+    """What a run of :func:`extract` did. ``table`` is set only when no output was given."""
+
+    output: Path | None
+    table: pa.Table | None
+    num_images: int
+    num_written: int
+    num_failed: int
+    num_resized: int
+    num_resumed: int
+    failures: list[tuple[str, int, str]]
+    failures_path: Path | None
+    batch_mode: str
+    providers: list[str]
+    preprocessing: Preprocessing
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.num_images - self.num_resumed
+        return done / self.seconds if self.seconds > 0 else float("nan")
+
+
+def resolve_preprocessing(
+    model: FaceModel,
+    preset: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    channels: str | None = None,
+    fit: str | None = None,
+) -> Preprocessing:
+    """The preprocessing to use, stated by the user or recorded in the model, never guessed.
+
+    A model that records its preprocessing (as ``faceclean export`` does) needs no flags; a
+    flag that contradicts the record is an error. A model without a record needs ``preset``
+    or both ``mean`` and ``std``. Values are in 0-255 pixel units.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise FacecleanError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    base = PRESETS[preset] if preset else {}
+    asked = {
+        "mean": tuple(mean) if mean is not None else base.get("mean"),
+        "std": tuple(std) if std is not None else base.get("std"),
+        "channels": channels or base.get("channels"),
+    }
+    recorded = model.preprocessing
+    if recorded is not None:
+        for key, value in asked.items():
+            have = getattr(recorded, key)
+            if value is None:
+                continue
+            same = value == have if key == "channels" else np.allclose(value, have, atol=1e-3)
+            if not same:
+                raise FacecleanError(
+                    f"model records preprocessing {key}={have} but {value} was asked for; "
+                    "drop the flag or fix the model's metadata",
+                    model.path,
+                )
+        return Preprocessing(
+            recorded.mean,
+            recorded.std,
+            recorded.channels,
+            model.height,
+            model.width,
+            fit or recorded.fit,
+        )
+    if asked["mean"] is None or asked["std"] is None:
+        raise FacecleanError(
+            "model records no preprocessing; say how images are normalised with --preset "
+            f"({'|'.join(PRESETS)}) or --mean and --std",
+            model.path,
+        )
+    return Preprocessing(
+        asked["mean"],
+        asked["std"],
+        asked["channels"] or "RGB",
+        model.height,
+        model.width,
+        fit or "resize",
+    )
+
+
+def _decode_batch(ds: FaceDataset, indices: np.ndarray, spec: Preprocessing):
+    """Decode a batch; faulty images are reported, not raised. Runs in a worker thread."""
+    tensors, ok, failures, resized = [], [], [], 0
+    for i in indices:
+        try:
+            x, was_resized = load_tensor(ds.read(int(i)), spec)
+        except FacecleanError as e:
+            failures.append((int(i), e.message))
+            continue
+        except Exception as e:  # PIL raises many types for corrupt data
+            failures.append((int(i), f"{type(e).__name__}: {str(e)[:160]}"))
+            continue
+        tensors.append(x)
+        ok.append(int(i))
+        resized += was_resized
+    x = np.stack(tensors) if tensors else np.empty((0, 3, spec.height, spec.width), np.float32)
+    return x, np.asarray(ok, np.int64), failures, resized
+
+
+def _embed(model: FaceModel, x: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(unit embeddings, raw norms). With flip, features of the image and its mirror are
+    summed before normalising (InsightFace's evaluation); the norm is the two norms' mean."""
+    feats = model.run(x)
+    norms = np.linalg.norm(feats, axis=1)
+    if flip:
+        mirrored = model.run(np.ascontiguousarray(x[..., ::-1]))
+        norms = (norms + np.linalg.norm(mirrored, axis=1)) / 2
+        feats = feats + mirrored
+    length = np.linalg.norm(feats, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return feats / length, norms
+
+
+class _Progress:
+    """A rich progress bar with rate and ETA, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]extract"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} img/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("extract", total=total, completed=done, rate="-")
+            self.t0, self.count = time.perf_counter(), 0
+
+    def advance(self, n: int) -> None:
+        if self.bar:
+            self.count += n
+            rate = self.count / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, advance=n, rate=f"{rate:,.0f}")
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def failures_path_for(output: Path) -> Path:
+    """Where the per-image faults of ``output`` are listed (tab-separated)."""
+    return output.with_name(output.name.removesuffix(".parquet") + ".failures.tsv")
+
+
+def extract(
+    data: str | Path | FaceDataset,
+    model: str | Path | FaceModel,
+    output: str | Path | None = None,
+    *,
+    root: str | Path | None = None,
+    preset: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    channels: str | None = None,
+    fit: str | None = None,
+    flip: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+    dtype: str = "float32",
+    chunk_size: int = 8192,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> ExtractResult:
+    """Embed every image of a face dataset with an ONNX model.
+
+    Args:
+        data: an image folder, a ``path label`` list file, a ``.rec``, or a FaceDataset.
+        model: an ONNX model path or a loaded FaceModel.
+        output: the Parquet file to write. None returns the table in ``result.table``.
+        root: folder the paths of a list file are relative to.
+        preset, mean, std, channels, fit: preprocessing; see :func:`resolve_preprocessing`.
+        flip: add the mirrored image's features before normalising (flip TTA).
+        batch_size: images per model call. workers: decoding threads.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+        dtype: embedding storage type, "float32" or "float16".
+        chunk_size: images per resumable unit and per Parquet row group.
+        overwrite: replace an existing output instead of refusing.
+        progress: show a progress bar on stderr.
+        on_chunk: called with the chunk number after each chunk is stored (for tests).
+
+    Returns:
+        An :class:`ExtractResult`. Rows keep dataset order; images that fail to decode are
+        skipped and listed in ``failures`` (and in ``<output>.failures.tsv``).
+    """
+    t0 = time.perf_counter()
+    if batch_size < 1 or chunk_size < 1 or workers < 1:
+        raise FacecleanError("batch size, chunk size and workers must be at least 1")
+    output = Path(output) if output is not None else None
+    if output is not None and output.exists() and not overwrite:
+        raise FacecleanError("output already exists; pass --overwrite to replace it", output)
+    ds = data if isinstance(data, FaceDataset) else open_dataset(data, root)
+    fm = model if isinstance(model, FaceModel) else FaceModel(model, device=device)
+    spec = resolve_preprocessing(fm, preset, mean, std, channels, fit)
+    metadata = {
+        "model": str(fm.path),
+        "model_sha256": fm.sha256,
+        "preprocessing": spec.to_dict(),
+        "flip": flip,
+        "dim": fm.dim,
+        "dtype": dtype,
+        "dataset": str(ds.root),
+        "dataset_kind": ds.kind,
+        "num_classes": ds.num_classes,
+        "faceclean_version": __version__,
+    }
+    schema = embedding_schema(fm.dim, dtype, metadata)
+    n = len(ds)
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    store = _PartStore(
+        output, schema, {**metadata, "listing": ds.fingerprint(), "chunk_size": chunk_size, "n": n}
+    )
+    done = store.finished_chunks(n_chunks)
+    resumed = sum(min(chunk_size, n - c * chunk_size) for c in done)
+
+    bar = _Progress(progress, n, resumed)
+    pending = [c for c in range(n_chunks) if c not in done]
+    batches = [
+        (c, np.arange(s, min(s + batch_size, (c + 1) * chunk_size, n)))
+        for c in pending
+        for s in range(c * chunk_size, min((c + 1) * chunk_size, n), batch_size)
+    ]
+    per_chunk: dict[int, list] = {c: [] for c in pending}
+    remaining = {c: 0 for c in pending}
+    for c, _ in batches:
+        remaining[c] += 1
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+            inflight: deque = deque()
+            queue = iter(batches)
+            while True:
+                while len(inflight) < 2 * workers:
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        break
+                    inflight.append(
+                        (nxt[0], len(nxt[1]), pool.submit(_decode_batch, ds, nxt[1], spec))
+                    )
+                if not inflight:
+                    break
+                c, size, fut = inflight.popleft()
+                x, ok, failures, resized = fut.result()
+                emb, norms = _embed(fm, x, flip) if len(x) else (np.empty((0, fm.dim)), np.empty(0))
+                finite = np.isfinite(emb).all(axis=1) & (norms > 0)
+                if len(x) and not finite.any():
+                    raise FacecleanError(
+                        "the model gave NaN/inf or zero features for a whole batch; the model "
+                        "and its preprocessing do not match",
+                        fm.path,
+                    )
+                failures += [(int(i), "model output is NaN/inf or zero") for i in ok[~finite]]
+                per_chunk[c].append((ok[finite], emb[finite], norms[finite], failures, resized))
+                bar.advance(size)
+                remaining[c] -= 1
+                if remaining[c] == 0:
+                    store.write_chunk(c, _chunk_table(ds, per_chunk.pop(c), schema))
+                    if on_chunk:
+                        on_chunk(c)
+    finally:
+        bar.close()
+    table, stats = store.finish(n_chunks, failures_path_for(output) if output else None)
+    return ExtractResult(
+        output=output,
+        table=table,
+        num_images=n,
+        num_written=stats["written"],
+        num_failed=len(stats["failures"]),
+        num_resized=stats["resized"],
+        num_resumed=resumed,
+        failures=stats["failures"],
+        failures_path=stats["failures_path"],
+        batch_mode=fm.batch_mode,
+        providers=fm.providers,
+        preprocessing=spec,
+        seconds=time.perf_counter() - t0,
+        warnings=list(ds.warnings),
+    )
+
+
+def _chunk_table(ds: FaceDataset, pieces: list, schema: pa.Schema) -> pa.Table:
+    idx = np.concatenate([p[0] for p in pieces])
+    labels = ds.labels[idx]
+    table = embedding_table(
+        ds.paths.take(pa.array(idx)).to_pylist(),
+        labels,
+        [ds.identities[k] for k in labels],
+        np.concatenate([p[1] for p in pieces]).astype(np.float32),
+        np.concatenate([p[2] for p in pieces]),
+        schema,
+    )
+    failures = [(ds.path(i), int(ds.labels[i]), msg) for p in pieces for i, msg in p[3]]
+    part_meta = {"failures": failures, "resized": int(sum(p[4] for p in pieces))}
+    return table.replace_schema_metadata(
+        {**schema.metadata, PART_KEY: json.dumps(part_meta).encode()}
+    )
+
+
+class _PartStore:
+    """Finished chunks: files in ``<output>.partial/`` (resumable), or a dict in memory."""
+
+    def __init__(self, output: Path | None, schema: pa.Schema, fingerprint: dict):
+        self.output, self.schema = output, schema
+        self.memory: dict[int, pa.Table] = {}
+        if output is None:
+            return
+        self.dir = output.with_name(output.name + ".partial")
+        manifest = self.dir / "manifest.json"
+        if self.dir.exists():
+            try:
+                same = json.loads(manifest.read_text()) == fingerprint
+            except (OSError, ValueError):
+                same = False
+            if not same:  # made with other settings or data: none of it can be reused
+                shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not manifest.exists():
+            with atomic_path(manifest) as tmp:
+                tmp.write_text(json.dumps(fingerprint))
+
+    def _part(self, c: int) -> Path:
+        return self.dir / f"part-{c:06d}.parquet"
+
+    def finished_chunks(self, n_chunks: int) -> set[int]:
+        if self.output is None:
+            return set()
+        return {c for c in range(n_chunks) if self._part(c).exists()}
+
+    def write_chunk(self, c: int, table: pa.Table) -> None:
+        if self.output is None:
+            self.memory[c] = table
+            return
+        with atomic_path(self._part(c)) as tmp:
+            pq.write_table(table, tmp)
+
+    def _tables(self, n_chunks: int):
+        for c in range(n_chunks):
+            yield self.memory[c] if self.output is None else pq.read_table(self._part(c))
+
+    def finish(self, n_chunks: int, failures_path: Path | None):
+        """Join the chunks in order. Returns (in-memory table or None, stats)."""
+        stats = {"written": 0, "resized": 0, "failures": [], "failures_path": None}
+        tables = []
+
+        def chunks():
+            for table in self._tables(n_chunks):
+                part = json.loads(table.schema.metadata[PART_KEY])
+                stats["failures"] += [tuple(f) for f in part["failures"]]
+                stats["resized"] += part["resized"]
+                stats["written"] += table.num_rows
+                yield table.replace_schema_metadata(self.schema.metadata)
+
+        if self.output is None:
+            tables = list(chunks())
+            return (pa.concat_tables(tables) if tables else self.schema.empty_table()), stats
+        with atomic_path(self.output) as tmp:
+            with pq.ParquetWriter(tmp, self.schema) as writer:
+                for table in chunks():
+                    writer.write_table(table, row_group_size=max(1, table.num_rows))
+            if stats["failures"]:
+                with atomic_path(failures_path) as ftmp, open(ftmp, "w") as f:
+                    f.write("path\tlabel\terror\n")
+                    f.writelines(f"{p}\t{lab}\t{msg}\n" for p, lab, msg in stats["failures"])
+                stats["failures_path"] = failures_path
+            else:
+                failures_path.unlink(missing_ok=True)
+        shutil.rmtree(self.dir)
+        return None, stats

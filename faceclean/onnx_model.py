@@ -1,0 +1,215 @@
+"""An ONNX face model behind one call: a float32 NCHW batch in, raw features out.
+
+Models in the wild often have a batch dimension fixed to 1. :class:`FaceModel` then tries
+to make the batch dimension symbolic (rewriting Reshape targets that hard-code it) and keeps
+that rewrite only if it gives the same features as the original model run image by image;
+otherwise it runs the original at its fixed batch size. ``batch_mode`` says which was used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from faceclean.errors import FacecleanError
+from faceclean.preprocess import Preprocessing
+
+METADATA_KEY = "faceclean.preprocessing"
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def providers_for(device: str) -> list[str]:
+    """onnxruntime execution providers for ``device`` ("auto" picks CUDA when present)."""
+    if device not in _DEVICES:
+        raise FacecleanError(f"device must be one of {_DEVICES}, not {device!r}")
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not has_cuda:
+        raise FacecleanError(
+            "--device cuda asked for, but onnxruntime has no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}); install faceclean[gpu]"
+        )
+    if device != "cpu" and has_cuda:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _dim(d) -> int | None:
+    return d.dim_value if d.HasField("dim_value") else None
+
+
+def make_batch_dynamic(model: onnx.ModelProto, fixed: int) -> onnx.ModelProto:
+    """A copy of ``model`` whose input/output batch dimension is symbolic.
+
+    Reshape targets whose first entry equals the fixed batch size are set to 0 ("copy that
+    dimension from the input"). The result must be verified against the original.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for value in list(m.graph.input) + list(m.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "batch"
+    del m.graph.value_info[:]  # stale shapes with the old batch size
+    shape_inputs = {n.input[1] for n in m.graph.node if n.op_type == "Reshape"}
+    for init in m.graph.initializer:
+        if init.name in shape_inputs:
+            arr = numpy_helper.to_array(init)
+            if arr.ndim == 1 and arr.size and arr[0] == fixed:
+                arr = arr.copy()
+                arr[0] = 0
+                init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    for node in m.graph.node:
+        if node.op_type == "Constant" and node.output[0] in shape_inputs:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    arr = numpy_helper.to_array(attr.t)
+                    if arr.ndim == 1 and arr.size and arr[0] == fixed:
+                        arr = arr.copy()
+                        arr[0] = 0
+                        attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+    return m
+
+
+class FaceModel:
+    """A validated ONNX face model.
+
+    Attributes:
+        path, sha256: the model file and its hash.
+        input_name: the model's single image input.
+        channels, height, width: the input's C x H x W (C is always 3).
+        dim: embedding dimension.
+        batch_mode: "dynamic" (the model already had a free batch dimension), "made-dynamic"
+            (faceclean rewrote it and checked the outputs are identical), or "fixed-N"
+            (run in batches of exactly N, padding the last).
+        preprocessing: the preprocessing recorded in the model's metadata, or None.
+        providers: the onnxruntime execution providers in use.
+    """
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FacecleanError("model file not found", self.path)
+        try:
+            model = onnx.load(str(self.path))
+        except Exception as e:  # protobuf raises several types for garbage
+            raise FacecleanError(
+                f"not a valid ONNX model ({type(e).__name__})", self.path
+            ) from None
+        if not model.graph.node:
+            raise FacecleanError("not a valid ONNX model (empty graph)", self.path)
+        self.sha256 = file_sha256(self.path)
+        self.providers = providers_for(device)
+        self._threads = threads
+        initializers = {i.name for i in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in initializers]
+        if len(inputs) != 1:
+            raise FacecleanError(
+                f"model has {len(inputs)} inputs; faceclean needs one image input [N,3,H,W]",
+                self.path,
+            )
+        inp = inputs[0]
+        dims = [_dim(d) for d in inp.type.tensor_type.shape.dim]
+        shape_text = "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
+        if len(dims) != 4 or dims[1] != 3:
+            raise FacecleanError(
+                f"model input '{inp.name}' has shape {shape_text}; faceclean needs [N,3,H,W] "
+                "(3-channel images)",
+                self.path,
+            )
+        if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise FacecleanError(f"model input '{inp.name}' is not float32", self.path)
+        self.input_name = inp.name
+        self.channels, self.height, self.width = 3, dims[2], dims[3]
+        meta = {p.key: p.value for p in model.metadata_props}
+        self.preprocessing = (
+            Preprocessing.from_dict(json.loads(meta[METADATA_KEY]))
+            if METADATA_KEY in meta
+            else None
+        )
+        if self.height is None or self.width is None:
+            if self.preprocessing is None:
+                raise FacecleanError(
+                    f"model input '{inp.name}' has a free size {shape_text} and no recorded "
+                    "preprocessing; faceclean cannot tell what size to feed",
+                    self.path,
+                )
+            self.height, self.width = self.preprocessing.height, self.preprocessing.width
+        self._setup_batching(model, dims[0])
+
+    def _session(self, model_bytes: bytes) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
+        # Busy-waiting ORT threads would steal the cores the image decoders need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(model_bytes, opts, providers=self.providers)
+        except Exception as e:
+            msg = str(e).splitlines()[0][:200]
+            raise FacecleanError(f"onnxruntime cannot load the model: {msg}", self.path) from None
+
+    def _probe(self, n: int) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((n, 3, self.height, self.width)).astype(np.float32)
+
+    def _setup_batching(self, model: onnx.ModelProto, batch: int | None) -> None:
+        original = self._session(model.SerializeToString())
+        self.fixed_batch = batch
+        self._sess = original
+        if batch is None or batch == 0:
+            self.batch_mode = "dynamic"
+        else:
+            self.batch_mode = f"fixed-{batch}"
+            try:
+                dynamic = self._session(make_batch_dynamic(model, batch).SerializeToString())
+                probe = self._probe(3 * batch + 1)
+                want = self._run_fixed(original, probe)
+                got = dynamic.run(None, {self.input_name: probe})[0]
+                scale = max(1.0, float(np.abs(want).max()))
+                if got.shape == want.shape and np.abs(got - want).max() <= 1e-4 * scale:
+                    self._sess, self.fixed_batch, self.batch_mode = dynamic, None, "made-dynamic"
+            except (FacecleanError, Exception):
+                pass  # the rewrite is an optimisation; the original model still works
+        self.dim = int(self.run(self._probe(1)).shape[1])
+
+    def _run_fixed(self, sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+        b = self.fixed_batch
+        outs = []
+        for s in range(0, len(x), b):
+            part = x[s : s + b]
+            n = len(part)
+            if n < b:
+                part = np.concatenate([part, np.zeros((b - n, *part.shape[1:]), part.dtype)])
+            outs.append(sess.run(None, {self.input_name: part})[0][:n])
+        return np.concatenate(outs)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Raw (not normalised) features, float32 [N, dim], for a float32 [N,3,H,W] batch."""
+        if self.fixed_batch:
+            out = self._run_fixed(self._sess, x)
+        else:
+            out = self._sess.run(None, {self.input_name: x})[0]
+        out = np.asarray(out, dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != len(x):
+            raise FacecleanError(
+                f"model output has shape {list(out.shape)} for {len(x)} images; faceclean "
+                "needs [N, dim] features",
+                self.path,
+            )
+        return out

@@ -1,0 +1,141 @@
+"""The embedding store: one Parquet file, one row per image (see DESIGN.md, Contracts).
+
+Columns: ``path`` string, ``label`` int64, ``identity`` string, ``embedding``
+fixed_size_list<float32|float16>[dim] (L2-normalised), ``norm`` float32 (raw feature norm).
+File metadata key ``faceclean`` holds JSON: model sha256, preprocessing, flip, dim, dataset
+root, faceclean version. Files are written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from faceclean.errors import FacecleanError
+
+METADATA_KEY = b"faceclean"
+DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+
+def embedding_schema(dim: int, dtype: str = "float32", metadata: dict | None = None) -> pa.Schema:
+    """The Arrow schema of an embedding store of dimension ``dim``."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    schema = pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.int64()),
+            ("identity", pa.string()),
+            ("embedding", pa.list_(DTYPES[dtype], dim)),
+            ("norm", pa.float32()),
+        ]
+    )
+    if metadata is not None:
+        schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata).encode()})
+    return schema
+
+
+def embedding_table(
+    paths: list[str],
+    labels: np.ndarray,
+    identities: list[str],
+    embeddings: np.ndarray,
+    norms: np.ndarray,
+    schema: pa.Schema,
+) -> pa.Table:
+    """Build a table in the store's schema from plain arrays (embeddings: [N, dim])."""
+    value_type = schema.field("embedding").type.value_type
+    dim = schema.field("embedding").type.list_size
+    flat = pa.array(np.ascontiguousarray(embeddings).reshape(-1), type=pa.float32())
+    if value_type != pa.float32():
+        flat = flat.cast(value_type)
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "label": pa.array(np.asarray(labels, np.int64)),
+            "identity": pa.array(identities, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "norm": pa.array(np.asarray(norms, np.float32)),
+        },
+        schema=schema,
+    )
+
+
+def tmp_name(path: Path) -> Path:
+    """The temporary sibling a file is written under before its atomic rename."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``path``, on error delete it."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``faceclean`` metadata of an embedding store (empty dict if absent)."""
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+def open_store(path: str | Path) -> pq.ParquetFile:
+    """Open an embedding store, checking its schema; raises FacecleanError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FacecleanError("embedding file not found", path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise FacecleanError(f"not a Parquet file ({str(e).splitlines()[0][:100]})", path) from None
+    schema = pf.schema_arrow
+    expected = {"path": pa.string(), "label": pa.int64(), "embedding": None}
+    for name, typ in expected.items():
+        if name not in schema.names:
+            raise FacecleanError(
+                f"not an embedding store: column '{name}' is missing (has: {', '.join(schema.names)})",
+                path,
+            )
+        if typ is not None and schema.field(name).type != typ:
+            raise FacecleanError(
+                f"column '{name}' has type {schema.field(name).type}, expected {typ}", path
+            )
+    emb = schema.field("embedding").type
+    if not pa.types.is_fixed_size_list(emb) or emb.value_type not in DTYPES.values():
+        raise FacecleanError(
+            f"column 'embedding' has type {emb}, expected fixed_size_list<float32|float16>[dim]",
+            path,
+        )
+    return pf
+
+
+def iter_embeddings(
+    path: str | Path, columns: tuple[str, ...] = ("label", "embedding"), batch_rows: int = 65536
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stream an embedding store in batches: dicts of NumPy arrays, ``embedding`` as
+    float32 [n, dim]. Memory is bounded by ``batch_rows`` whatever the file size."""
+    pf = open_store(path)
+    dim = pf.schema_arrow.field("embedding").type.list_size
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns)):
+        out = {}
+        for name in columns:
+            col = batch.column(name)
+            if name == "embedding":
+                values = col.flatten().to_numpy(zero_copy_only=False)
+                out[name] = values.astype(np.float32, copy=False).reshape(-1, dim)
+            else:
+                out[name] = col.to_numpy(zero_copy_only=False)
+        yield out
