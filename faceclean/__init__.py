@@ -1,4 +1,4 @@
-"""faceclean: clean face-recognition training sets and search cleaning, loss and backbone jointly."""
+"""faceclean: clean face training sets; search cleaning, loss and backbone jointly."""
 
 from faceclean.errors import FacecleanError
 

@@ -66,12 +66,13 @@ class FaceDataset:
             return f.read()
 
     def fingerprint(self) -> str:
-        """sha256 of the listing (paths and labels): equal listings, equal fingerprints."""
+        """sha256 of the listing (paths, labels, identities): equal listings, equal fingerprints."""
         h = hashlib.sha256(self.kind.encode())
         for chunk in self.paths.cast(pa.large_string()).buffers()[1:]:
             if chunk is not None:
                 h.update(memoryview(chunk))
         h.update(self.labels.astype("<i8").tobytes())
+        h.update("\n".join(self.identities).encode())
         return h.hexdigest()
 
 

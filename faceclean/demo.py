@@ -22,9 +22,12 @@ class TinyFaceNet(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(3, w, 3, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, 2, 1),
+            nn.ReLU(),
             nn.AdaptiveAvgPool2d(7),
         )
         self.head = nn.Linear(2 * w * 49, dim)
@@ -34,8 +37,13 @@ class TinyFaceNet(nn.Module):
 
 
 def export_tiny_model(
-    path: str | Path, size: int = 112, dim: int = 64, seed: int = 0, dynamic_batch: bool = True,
-    preset: str | None = "insightface", width: int = 16,
+    path: str | Path,
+    size: int = 112,
+    dim: int = 64,
+    seed: int = 0,
+    dynamic_batch: bool = True,
+    preset: str | None = "insightface",
+    width: int = 16,
 ) -> Path:
     """Export a seeded TinyFaceNet to ONNX (input ``data`` [N,3,size,size]).
 
@@ -48,8 +56,13 @@ def export_tiny_model(
     path = Path(path)
     axes = {"data": {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None
     torch.onnx.export(
-        net, (torch.zeros(1, 3, size, size),), str(path), input_names=["data"],
-        output_names=["embedding"], dynamic_axes=axes, dynamo=False,
+        net,
+        (torch.zeros(1, 3, size, size),),
+        str(path),
+        input_names=["data"],
+        output_names=["embedding"],
+        dynamic_axes=axes,
+        dynamo=False,
     )
     if preset:
         p = PRESETS[preset]
@@ -69,8 +82,8 @@ def nearest_neighbour_accuracy(embeddings: np.ndarray, labels: np.ndarray) -> fl
 
 def run_demo(output: Path, identities: int, per_identity: int, seed: int, console: Console) -> None:
     from faceclean.extract import extract
-    from faceclean.synthetic import make_face_folder
     from faceclean.store import iter_embeddings
+    from faceclean.synthetic import make_face_folder
 
     output.mkdir(parents=True, exist_ok=True)
     images = output / "images"

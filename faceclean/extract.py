@@ -355,6 +355,7 @@ class _PartStore:
     def __init__(self, output: Path | None, schema: pa.Schema, fingerprint: dict):
         self.output, self.schema = output, schema
         self.memory: dict[int, pa.Table] = {}
+        fingerprint = json.loads(json.dumps(fingerprint))  # tuples become lists, as on disk
         if output is None:
             return
         self.dir = output.with_name(output.name + ".partial")

@@ -102,22 +102,22 @@ class RecordWriter:
         self._idx_tmp = self.idx_path.with_name(self.idx_path.name + ".tmp")
         self._rec = open(self._rec_tmp, "wb")
         self._index: dict[int, int] = {}
+        self._sizes: dict[int, int] = {}
 
     def write(self, key: int, record: bytes) -> None:
         """Append one record body under integer ``key``."""
         if key in self._index:
             raise ValueError(f"duplicate record key {key}")
-        self._index[key] = self._rec.tell()
-        self._rec.write(_encode_parts(record))
+        encoded = _encode_parts(record)
+        self._index[key], self._sizes[key] = self._rec.tell(), len(encoded)
+        self._rec.write(encoded)
 
     def overwrite(self, key: int, record: bytes) -> None:
         """Rewrite an already written record in place; the new encoding must be as long."""
         encoded = _encode_parts(record)
-        end = self._rec.tell()
-        self._rec.seek(self._index[key])
-        old = self._rec.read(len(encoded))
-        if len(old) != len(encoded):
+        if len(encoded) != self._sizes[key]:
             raise ValueError("an overwritten record must keep its encoded size")
+        end = self._rec.tell()
         self._rec.seek(self._index[key])
         self._rec.write(encoded)
         self._rec.seek(end)

@@ -106,7 +106,8 @@ def open_store(path: str | Path) -> pq.ParquetFile:
     for name, typ in expected.items():
         if name not in schema.names:
             raise FacecleanError(
-                f"not an embedding store: column '{name}' is missing (has: {', '.join(schema.names)})",
+                f"not an embedding store: column '{name}' is missing "
+                f"(has: {', '.join(schema.names)})",
                 path,
             )
         if typ is not None and schema.field(name).type != typ:

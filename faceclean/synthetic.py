@@ -20,7 +20,9 @@ def identity_template(rng: np.random.Generator, size: int = 112) -> np.ndarray:
     coarse = rng.uniform(0, 255, (6, 6, 3)).astype(np.uint8)
     texture = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), np.float32)
     skin = rng.uniform(90, 220, 3)
-    face = ((xx - 0.5) / rng.uniform(0.28, 0.38)) ** 2 + ((yy - 0.52) / rng.uniform(0.36, 0.45)) ** 2
+    face = ((xx - 0.5) / rng.uniform(0.28, 0.38)) ** 2 + (
+        (yy - 0.52) / rng.uniform(0.36, 0.45)
+    ) ** 2
     img = np.where((face < 1)[..., None], skin, rng.uniform(0, 255, 3)).astype(np.float32)
     img = 0.55 * img + 0.45 * texture
     eye_y, eye_dx, eye_r = rng.uniform(0.35, 0.45), rng.uniform(0.12, 0.2), rng.uniform(0.03, 0.06)
