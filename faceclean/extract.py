@@ -27,7 +27,7 @@ from faceclean import __version__
 from faceclean.datasets import FaceDataset, open_dataset
 from faceclean.errors import FacecleanError
 from faceclean.onnx_model import FaceModel
-from faceclean.preprocess import PRESETS, Preprocessing, load_tensor
+from faceclean.preprocess import PRESETS, Preprocessing, load_pixels, normalise
 from faceclean.store import atomic_path, embedding_schema, embedding_table
 
 PART_KEY = b"faceclean.part"
@@ -122,7 +122,7 @@ def _decode_batch(ds: FaceDataset, indices: np.ndarray, spec: Preprocessing):
     tensors, ok, failures, resized = [], [], [], 0
     for i in indices:
         try:
-            x, was_resized = load_tensor(ds.read(int(i)), spec)
+            x, was_resized = load_pixels(ds.read(int(i)), spec)
         except FacecleanError as e:
             failures.append((int(i), e.message))
             continue
@@ -132,7 +132,10 @@ def _decode_batch(ds: FaceDataset, indices: np.ndarray, spec: Preprocessing):
         tensors.append(x)
         ok.append(int(i))
         resized += was_resized
-    x = np.stack(tensors) if tensors else np.empty((0, 3, spec.height, spec.width), np.float32)
+    if tensors:
+        x = normalise(np.stack(tensors), spec)
+    else:
+        x = np.empty((0, 3, spec.height, spec.width), np.float32)
     return x, np.asarray(ok, np.int64), failures, resized
 
 
