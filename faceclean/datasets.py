@@ -226,3 +226,16 @@ def read_rec(rec_path: str | Path, idx_path: str | Path | None = None) -> FaceDa
         _rec=reader,
         _rec_keys=image_keys,
     )
+
+
+def read_image_bytes(root: str | Path, path: str, _cache: dict = {}) -> bytes:  # noqa: B006
+    """The encoded bytes of one stored ``path`` (relative to ``root``, or ``file.rec#key``)."""
+    name, sep, key = path.rpartition("#")
+    if sep and name.endswith(".rec") and key.isdigit():
+        rec_path = Path(root) / name
+        reader = _cache.get(rec_path)
+        if reader is None:
+            reader = _cache[rec_path] = RecordReader(rec_path)
+        return unpack(reader.read(int(key)))[1]
+    with open(Path(root) / path, "rb") as f:
+        return f.read()

@@ -1,0 +1,188 @@
+"""`faceclean clean`: filter then merge, and write the clean list training reads.
+
+Outputs, in one folder, each written under a temporary name and renamed when complete:
+``scores.parquet`` (per sample, see :mod:`faceclean.filter`), ``merges.parquet`` (``label``,
+``merged_label``, ``group_size``), ``pairs.parquet`` (``label_a``, ``label_b``, ``cosine``,
+``merged``), the clean list, and ``summary.json``.
+
+The clean list holds the kept samples with ``path``, ``label`` (new, contiguous from 0, in
+order of merged label), ``original_label`` and ``identity``: as Parquet, as ``path label``
+lines (``--format lst``), or as a new InsightFace ``.rec``/``.idx`` (``--format rec``,
+which reads the images again from the dataset the embeddings came from).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from faceclean.datasets import read_image_bytes
+from faceclean.errors import FacecleanError
+from faceclean.filter import FilterResult, filter_store
+from faceclean.merge import MergeResult, merge_classes
+from faceclean.recordio import write_face_rec
+from faceclean.store import atomic_path, read_metadata
+
+FORMATS = ("parquet", "lst", "rec")
+
+
+def new_labels(kept_counts: np.ndarray, merged_label: np.ndarray) -> np.ndarray:
+    """Map every original label to its contiguous clean label, or -1 if nothing is kept."""
+    alive = kept_counts > 0
+    reps = np.unique(merged_label[alive])
+    mapping = np.full(len(kept_counts), -1, np.int64)
+    mapping[alive] = np.searchsorted(reps, merged_label[alive])
+    return mapping
+
+
+def _clean_batches(scores: pa.Table | Path, mapping: np.ndarray):
+    batches = (
+        scores.to_batches(65536)
+        if isinstance(scores, pa.Table)
+        else pq.ParquetFile(scores).iter_batches(
+            65536, columns=["path", "label", "identity", "keep"]
+        )
+    )
+    for batch in batches:
+        kept = batch.filter(batch.column("keep"))
+        original = kept.column("label").to_numpy()
+        yield pa.table(
+            {
+                "path": kept.column("path"),
+                "label": pa.array(mapping[original]),
+                "original_label": pa.array(original),
+                "identity": kept.column("identity"),
+            }
+        )
+
+
+def write_clean_list(
+    scores: pa.Table | Path,
+    mapping: np.ndarray,
+    output: Path,
+    fmt: str = "parquet",
+    data_root: Path | None = None,
+) -> int:
+    """Write the kept samples with their clean labels; returns the number of rows."""
+    if fmt not in FORMATS:
+        raise FacecleanError(f"format must be one of {FORMATS}, not {fmt!r}")
+    rows = 0
+    if fmt == "parquet":
+        with atomic_path(output) as tmp:
+            writer = None
+            for t in _clean_batches(scores, mapping):
+                writer = writer or pq.ParquetWriter(tmp, t.schema)
+                writer.write_table(t)
+                rows += t.num_rows
+            if writer is None:
+                raise FacecleanError("no sample was kept; nothing to write", output)
+            writer.close()
+    elif fmt == "lst":
+        with atomic_path(output) as tmp, open(tmp, "w") as f:
+            for t in _clean_batches(scores, mapping):
+                for p, lab in zip(t["path"].to_pylist(), t["label"].to_pylist(), strict=True):
+                    f.write(f"{p}\t{lab}\n")
+                rows += t.num_rows
+    else:
+        if data_root is None:
+            raise FacecleanError("--format rec needs the images: pass --data ROOT", output)
+        table = pa.concat_tables(list(_clean_batches(scores, mapping)))
+        table = table.take(pc.sort_indices(table, [("label", "ascending")]))
+        paths, labels = table["path"].to_pylist(), table["label"].to_numpy()
+
+        def items():
+            for p, lab in zip(paths, labels, strict=True):
+                try:
+                    yield int(lab), read_image_bytes(data_root, p)
+                except OSError as e:
+                    raise FacecleanError(f"cannot read image for the .rec: {e}", p) from None
+
+        rows = write_face_rec(output, items())
+    return rows
+
+
+@dataclass
+class CleanResult:
+    filter: FilterResult
+    merge: MergeResult
+    num_clean_rows: int
+    num_clean_classes: int
+    outputs: dict[str, Path]
+    summary: dict
+
+
+def clean(
+    embeddings: str | Path,
+    output_dir: str | Path,
+    tau_intra: float = 0.3,
+    tau_inter: float = 0.62,
+    *,
+    fmt: str = "parquet",
+    max_group_size: int = 0,
+    loo_below: int = 10,
+    data_root: str | Path | None = None,
+    device: str = "auto",
+    batch_rows: int = 65536,
+) -> CleanResult:
+    """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
+
+    Merging uses centroids of the kept samples only, from the sums the filter pass
+    already has, so the whole clean reads the embeddings twice (sums, then scores).
+    """
+    embeddings, out = Path(embeddings), Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "scores": out / "scores.parquet",
+        "merges": out / "merges.parquet",
+        "pairs": out / "pairs.parquet",
+        "clean": out / {"parquet": "clean.parquet", "lst": "clean.lst", "rec": "train.rec"}[fmt],
+        "summary": out / "summary.json",
+    }
+    if data_root is None and fmt == "rec":
+        data_root = read_metadata(embeddings).get("dataset")
+    fr = filter_store(
+        embeddings,
+        tau_intra,
+        paths["scores"],
+        loo_below=loo_below,
+        batch_rows=batch_rows,
+        device=device,
+        overwrite=True,
+    )
+    mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
+    for key in ("merges", "pairs"):
+        with atomic_path(paths[key]) as tmp:
+            pq.write_table(mr.table if key == "merges" else mr.pairs, tmp)
+    mapping = new_labels(fr.kept_counts, mr.merged_label)
+    rows = write_clean_list(
+        paths["scores"], mapping, paths["clean"], fmt, Path(data_root) if data_root else None
+    )
+    summary = {
+        "embeddings": str(embeddings),
+        "tau_intra": tau_intra,
+        "tau_inter": tau_inter,
+        "max_group_size": max_group_size,
+        "loo_below": loo_below,
+        "samples": fr.num_samples,
+        "kept": fr.num_kept,
+        "dropped": fr.num_samples - fr.num_kept,
+        "classes": fr.num_classes,
+        "singleton_classes": fr.num_singletons,
+        "classes_emptied_by_filter": fr.num_emptied,
+        "merged_groups": len(mr.groups),
+        "classes_in_merged_groups": int(sum(len(g) for g in mr.groups)),
+        "groups_split_by_guard": mr.num_split_groups,
+        "largest_groups": mr.groups[:10],
+        "clean_rows": rows,
+        "clean_classes": int(mapping.max() + 1) if (mapping >= 0).any() else 0,
+        "faiss_device": fr.device,
+    }
+    with atomic_path(paths["summary"]) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return CleanResult(fr, mr, rows, summary["clean_classes"], paths, summary)

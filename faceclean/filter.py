@@ -1,0 +1,267 @@
+"""`faceclean filter`: drop the samples that do not belong to their class.
+
+For L2-normalised embeddings x_i with labels y_i (DESIGN.md, "The cleaning math"):
+
+* centroid c_k = normalise(sum of x_i with label k), summed streaming over row groups;
+* cos_pos(i) = x_i . c_{y_i}; in a class of fewer than ``loo_below`` samples the own
+  centroid leaves x_i out (c = normalise(S_y - x_i)), so a sample never vouches for itself
+  in a tiny class;
+* the hardest negative n*(i) = argmax_{k != y_i} x_i . c_k (exact FAISS inner-product
+  top-2 over the centroids of non-empty classes), cos_neg(i) = x_i . c_{n*(i)};
+* discriminability D_i = cos_pos / cos_neg. Where cos_neg <= 1e-6 the ratio means nothing:
+  D_i = +inf when cos_pos > 0 (the sample is far from every other class) and 0 otherwise;
+* keep_i = D_i >= tau_intra. Singletons (one sample, nothing to compare with) are kept
+  with D = NaN.
+
+Stated behaviour: a store with fewer than two classes is an error; classes whose every
+sample is dropped vanish from the clean list and are counted in the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from faceclean.errors import FacecleanError
+from faceclean.faiss_backend import InnerProductIndex
+from faceclean.store import atomic_path, iter_embeddings, open_store
+
+EPS = 1e-6
+SCORE_COLUMNS = ("cos_pos", "hardest_negative", "cos_neg", "discriminability", "keep")
+
+
+def _checked_batches(path: Path, columns, batch_rows: int) -> Iterator[dict]:
+    """Stream a store, refusing NaN/inf and zero-norm embeddings and negative labels."""
+    start = 0
+    for batch in iter_embeddings(path, columns, batch_rows):
+        emb, labels = batch["embedding"], batch["label"]
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            raise FacecleanError(f"row {row}: embedding contains NaN or inf", path)
+        norms = np.linalg.norm(emb, axis=1)
+        if (norms < 1e-3).any():
+            row = start + int(np.argmax(norms < 1e-3))
+            raise FacecleanError(f"row {row}: embedding has zero norm", path)
+        if (labels < 0).any():
+            raise FacecleanError(f"row {start + int(np.argmax(labels < 0))}: negative label", path)
+        # Stored float16 or slightly off unit length: renormalise so the maths is exact.
+        batch["embedding"] = emb / norms[:, None]
+        start += len(labels)
+        yield batch
+
+
+def class_sums(path: str | Path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class embedding sums and counts, streaming: (float64 [K, d], int64 [K]).
+
+    K is the largest label + 1; labels that never occur have count 0 and a zero sum.
+    """
+    path = Path(path)
+    dim = open_store(path).schema_arrow.field("embedding").type.list_size
+    sums = np.zeros((0, dim), np.float64)
+    counts = np.zeros(0, np.int64)
+    for batch in _checked_batches(path, ("label", "embedding"), batch_rows):
+        labels, emb = batch["label"], batch["embedding"]
+        k = int(labels.max()) + 1 if len(labels) else 0
+        if k > len(counts):
+            sums = np.vstack([sums, np.zeros((k - len(counts), dim))])
+            counts = np.concatenate([counts, np.zeros(k - len(counts), np.int64)])
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+        sums[sorted_labels[starts]] += np.add.reduceat(emb[order].astype(np.float64), starts)
+        counts += np.bincount(labels, minlength=len(counts))
+    return sums, counts
+
+
+def normalise_rows(m: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(m, axis=1, keepdims=True)
+    return np.divide(m, n, out=np.zeros_like(m), where=n > 0)
+
+
+def discriminability(cos_pos: np.ndarray, cos_neg: np.ndarray) -> np.ndarray:
+    """D = cos_pos / cos_neg, with +inf (cos_pos > 0) or 0 where cos_neg <= 1e-6."""
+    safe = cos_neg > EPS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(safe, cos_pos / np.where(safe, cos_neg, 1.0), 0.0)
+    return np.where(safe, d, np.where(cos_pos > 0, np.inf, 0.0))
+
+
+@dataclass
+class FilterResult:
+    """Summary of a filter run. Arrays are indexed by label."""
+
+    num_samples: int
+    num_kept: int
+    num_classes: int
+    num_emptied: int
+    num_singletons: int
+    class_sums: np.ndarray  # float64 [K, d], all samples
+    kept_sums: np.ndarray  # float64 [K, d], kept samples only (for merge)
+    counts: np.ndarray  # int64 [K]
+    kept_counts: np.ndarray  # int64 [K]
+    dropped_per_class: np.ndarray  # int64 [K]
+    device: str
+    scores: pa.Table | None = None
+    output: Path | None = None
+
+
+def score_batches(
+    path: str | Path,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    loo_below: int = 10,
+    batch_rows: int = 65536,
+    device: str = "auto",
+    columns: tuple[str, ...] = ("path", "label", "identity", "embedding"),
+) -> Iterator[tuple[dict, dict]]:
+    """Yield (input batch, score columns) for every batch of the store; see module doc."""
+    path = Path(path)
+    present = np.flatnonzero(counts > 0)
+    if len(present) < 2:
+        raise FacecleanError(
+            f"has {len(present)} class(es); filtering needs at least two to find negatives", path
+        )
+    centroids = normalise_rows(sums).astype(np.float32)
+    index = InnerProductIndex(centroids[present], device)
+    sq_norms = np.einsum("kd,kd->k", sums, sums)
+    sums32 = sums.astype(np.float32)
+    cols = tuple(dict.fromkeys((*columns, "label", "embedding")))
+    for batch in _checked_batches(path, cols, batch_rows):
+        x, y = batch["embedding"], batch["label"]
+        sims, pos = index.search(x, 2)
+        top = present[pos]
+        first_is_own = top[:, 0] == y
+        neg = np.where(first_is_own, top[:, 1], top[:, 0])
+        cos_neg = np.where(first_is_own, sims[:, 1], sims[:, 0]).astype(np.float64)
+        dot = np.einsum("nd,nd->n", x, sums32[y]).astype(np.float64)
+        n_y = counts[y]
+        full = dot / np.sqrt(sq_norms[y])
+        # Leave-one-out: x . (S - x) / |S - x| with |x| = 1.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loo = (dot - 1.0) / np.sqrt(np.maximum(sq_norms[y] - 2.0 * dot + 1.0, 0.0))
+        cos_pos = np.where(n_y < loo_below, loo, full)
+        singleton = n_y == 1
+        cos_pos[singleton] = np.nan
+        d = discriminability(cos_pos, cos_neg)
+        d[singleton] = np.nan
+        yield (
+            batch,
+            {
+                "cos_pos": cos_pos.astype(np.float32),
+                "hardest_negative": neg.astype(np.int64),
+                "cos_neg": cos_neg.astype(np.float32),
+                "discriminability": d.astype(np.float32),
+                "_device": index.device,
+            },
+        )
+
+
+def filter_store(
+    path: str | Path,
+    tau_intra: float = 0.3,
+    output: str | Path | None = None,
+    *,
+    loo_below: int = 10,
+    batch_rows: int = 65536,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> FilterResult:
+    """Score every sample of an embedding store and keep those with D >= ``tau_intra``.
+
+    Args:
+        path: embedding store (see :mod:`faceclean.store`).
+        tau_intra: threshold on discriminability (paper: 0.3; useful range ~0.1-0.5).
+        output: scores Parquet to write (columns ``path``, ``label``, ``identity``,
+            ``cos_pos``, ``hardest_negative``, ``cos_neg``, ``discriminability``, ``keep``).
+            None keeps the table in memory (``result.scores``).
+        loo_below: classes with fewer samples use leave-one-out own centroids.
+        batch_rows: rows per streamed batch (bounds memory).
+        device: "auto", "cpu" or "cuda" for FAISS.
+
+    Returns:
+        A :class:`FilterResult`. Two streaming passes over the store; memory holds the
+        K x d centroid sums and one batch, never N x d.
+    """
+    path = Path(path)
+    output = Path(output) if output is not None else None
+    if output is not None and output.exists() and not overwrite:
+        raise FacecleanError("output already exists; pass --overwrite to replace it", output)
+    sums, counts = class_sums(path, batch_rows)
+    kept_sums = sums.copy()
+    kept_counts = counts.copy()
+    schema = pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.int64()),
+            ("identity", pa.string()),
+            ("cos_pos", pa.float32()),
+            ("hardest_negative", pa.int64()),
+            ("cos_neg", pa.float32()),
+            ("discriminability", pa.float32()),
+            ("keep", pa.bool_()),
+        ]
+    )
+    has_identity = "identity" in open_store(path).schema_arrow.names
+    columns = (
+        ("path", "label", "identity", "embedding")
+        if has_identity
+        else ("path", "label", "embedding")
+    )
+    tables, device_used = [], "cpu"
+
+    def tables_out(writer):
+        nonlocal device_used
+        for batch, scores in score_batches(
+            path, sums, counts, loo_below, batch_rows, device, columns
+        ):
+            device_used = scores.pop("_device")
+            d = scores["discriminability"]
+            keep = ~(d < tau_intra)  # NaN (singletons) is kept
+            drop = ~keep
+            if drop.any():
+                y = batch["label"][drop]
+                np.subtract.at(kept_sums, y, batch["embedding"][drop].astype(np.float64))
+                np.subtract.at(kept_counts, y, 1)
+            identity = batch["identity"] if has_identity else batch["label"].astype(str)
+            table = pa.table(
+                {
+                    "path": batch["path"],
+                    "label": batch["label"],
+                    "identity": identity,
+                    **scores,
+                    "keep": keep,
+                },
+                schema=schema,
+            )
+            if writer is None:
+                tables.append(table)
+            else:
+                writer.write_table(table)
+
+    if output is None:
+        tables_out(None)
+    else:
+        with atomic_path(output) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            tables_out(writer)
+    present = counts > 0
+    return FilterResult(
+        num_samples=int(counts.sum()),
+        num_kept=int(kept_counts.sum()),
+        num_classes=int(present.sum()),
+        num_emptied=int((present & (kept_counts == 0)).sum()),
+        num_singletons=int((counts == 1).sum()),
+        class_sums=sums,
+        kept_sums=kept_sums,
+        counts=counts,
+        kept_counts=kept_counts,
+        dropped_per_class=counts - kept_counts,
+        device=device_used,
+        scores=pa.concat_tables(tables) if output is None else None,
+        output=output,
+    )

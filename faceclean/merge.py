@@ -1,0 +1,138 @@
+"""`faceclean merge`: unite classes that are the same identity.
+
+Classes a, b are linked when their centroids' cosine c_a . c_b > tau_inter (paper: 0.62).
+Links are found exactly with a FAISS inner-product kNN over the centroids (k doubles until
+every class's k-th neighbour is below the threshold), and linked classes are grouped
+transitively (union-find). Transitivity can chain strangers (A~B, B~C, A and C unrelated)
+into one giant group, so ``max_group_size`` guards it: inside a group that is too large the
+weakest links are cut, one by one, until every part is small enough. Every group is
+reported, with every link and its cosine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from faceclean.faiss_backend import InnerProductIndex
+from faceclean.filter import normalise_rows
+
+
+@dataclass
+class MergeResult:
+    """``merged_label[k]`` is the smallest label in k's group (k itself when unmerged);
+    ``table`` has ``label``, ``merged_label``, ``group_size`` for every present class;
+    ``pairs`` has ``label_a``, ``label_b``, ``cosine`` for every link above tau_inter."""
+
+    merged_label: np.ndarray
+    table: pa.Table
+    pairs: pa.Table
+    groups: list[list[int]]  # groups of two or more classes, largest first
+    num_split_groups: int  # groups the chain guard had to cut
+
+
+def _components(nodes: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """Connected components of an undirected graph (union-find with path halving)."""
+    parent = {int(n): int(n) for n in nodes}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for u, v in zip(a.tolist(), b.tolist(), strict=True):
+        ru, rv = find(u), find(v)
+        if ru != rv:
+            parent[max(ru, rv)] = min(ru, rv)
+    groups: dict[int, list[int]] = {}
+    for n in parent:
+        groups.setdefault(find(n), []).append(n)
+    return [np.asarray(sorted(g), np.int64) for g in groups.values()]
+
+
+def _guarded(nodes, a, b, w, max_size: int) -> tuple[list[np.ndarray], bool]:
+    """Components, cutting the weakest links of any component larger than ``max_size``."""
+    out, cut = [], False
+    stack = [(nodes, a, b, w)]
+    while stack:
+        nodes, a, b, w = stack.pop()
+        for comp in _components(nodes, a, b):
+            if max_size <= 0 or len(comp) <= max_size:
+                out.append(comp)
+                continue
+            cut = True
+            inside = np.isin(a, comp) & np.isin(b, comp)
+            ca, cb, cw = a[inside], b[inside], w[inside]
+            strong = cw > cw.min()  # drop the weakest link(s) and look again
+            stack.append((comp, ca[strong], cb[strong], cw[strong]))
+    return out, cut
+
+
+def centroid_links(
+    centroids: np.ndarray, labels: np.ndarray, tau_inter: float, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (label_a < label_b) of the given unit centroids with cosine > tau_inter."""
+    index = InnerProductIndex(centroids, device)
+    k = min(16, len(labels))
+    while True:
+        sims, pos = index.search(centroids, k)
+        if k >= len(labels) or (sims[:, -1] <= tau_inter).all():
+            break
+        k = min(2 * k, len(labels))
+    rows = np.repeat(np.arange(len(labels)), sims.shape[1])
+    cols, vals = pos.ravel(), sims.ravel()
+    ok = (cols >= 0) & (vals > tau_inter) & (rows < cols)
+    # Both directions are found; keep each pair once with the smaller position first.
+    la, lb = labels[rows[ok]], labels[cols[ok]]
+    order = np.lexsort((lb, la))
+    return la[order], lb[order], vals[ok][order].astype(np.float32)
+
+
+def merge_classes(
+    sums: np.ndarray,
+    counts: np.ndarray,
+    tau_inter: float = 0.62,
+    max_group_size: int = 0,
+    device: str = "auto",
+) -> MergeResult:
+    """Group classes whose centroids are more similar than ``tau_inter``.
+
+    Args:
+        sums: float [K, d] per-class embedding sums (e.g. of the samples the filter kept).
+        counts: int [K] samples per class; classes with 0 take no part.
+        tau_inter: cosine threshold (paper: 0.62).
+        max_group_size: largest group allowed (0 = no limit): bigger groups are split by
+            cutting their weakest links.
+        device: FAISS device, "auto", "cpu" or "cuda".
+    """
+    present = np.flatnonzero(counts > 0)
+    centroids = normalise_rows(np.asarray(sums, np.float64)[present]).astype(np.float32)
+    a, b, w = centroid_links(centroids, present, tau_inter, device)
+    comps, cut = _guarded(present, a, b, w, max_group_size)
+    merged = np.arange(len(counts), dtype=np.int64)
+    size = np.zeros(len(counts), np.int64)
+    groups = []
+    n_cut = 0
+    for comp in comps:
+        merged[comp] = comp.min()
+        size[comp] = len(comp)
+        if len(comp) > 1:
+            groups.append(comp.tolist())
+    if cut:
+        n_cut = sum(1 for g in _components(present, a, b) if len(g) > max_group_size)
+    same = merged[a] == merged[b]
+    groups.sort(key=lambda g: (-len(g), g[0]))
+    return MergeResult(
+        merged_label=merged,
+        table=pa.table(
+            {"label": present, "merged_label": merged[present], "group_size": size[present]}
+        ),
+        pairs=pa.table(
+            {"label_a": a, "label_b": b, "cosine": w, "merged": same},
+        ),
+        groups=groups,
+        num_split_groups=n_cut,
+    )
