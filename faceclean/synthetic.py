@@ -59,3 +59,47 @@ def make_face_folder(
         for j in range(per_identity):
             Image.fromarray(render(template, rng)).save(folder / f"{j:02d}.{fmt}")
     return root
+
+
+def clustered_embeddings(
+    classes: int, per_class: int, dim: int = 128, spread: float = 0.6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors clustered on the sphere: (float32 [classes*per_class, dim], int64 labels).
+
+    Each class has a random unit centre; a sample is centre + ``spread`` * Gaussian noise of
+    unit expected norm, renormalised (spread 0.6 gives same-class cosines around 0.7,
+    different-class around 0 at dim 128, like a trained face model).
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(classes, dtype=np.int64), per_class)
+    x = centres[labels] + spread * rng.standard_normal((len(labels), dim)) / np.sqrt(dim)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), labels
+
+
+def write_embedding_store(
+    path: str | Path, embeddings: np.ndarray, labels: np.ndarray, row_group: int = 65536
+) -> Path:
+    """Write arrays as an embedding store (paths ``img/<i>.jpg``, identities ``id<label>``)."""
+    import pyarrow.parquet as pq
+
+    from faceclean.store import atomic_path, embedding_schema, embedding_table
+
+    schema = embedding_schema(embeddings.shape[1], metadata={"synthetic": True})
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for s in range(0, len(labels), row_group):
+            e = slice(s, s + row_group)
+            idx = range(s, min(s + row_group, len(labels)))
+            writer.write_table(
+                embedding_table(
+                    [f"img/{i}.jpg" for i in idx],
+                    labels[e],
+                    [f"id{k}" for k in labels[e]],
+                    embeddings[e],
+                    np.ones(len(idx), np.float32),
+                    schema,
+                )
+            )
+    return Path(path)
