@@ -28,6 +28,7 @@ from faceclean.datasets import FaceDataset, open_dataset
 from faceclean.errors import FacecleanError
 from faceclean.onnx_model import FaceModel
 from faceclean.preprocess import PRESETS, Preprocessing, load_pixels, normalise
+from faceclean.progress import RowProgress
 from faceclean.store import atomic_path, embedding_schema, embedding_table
 
 PART_KEY = b"faceclean.part"
@@ -153,46 +154,6 @@ def _embed(model: FaceModel, x: np.ndarray, flip: bool) -> tuple[np.ndarray, np.
         return feats / length, norms
 
 
-class _Progress:
-    """A rich progress bar with rate and ETA, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("[bold]extract"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]} img/s"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("extract", total=total, completed=done, rate="-")
-            self.t0, self.count = time.perf_counter(), 0
-
-    def advance(self, n: int) -> None:
-        if self.bar:
-            self.count += n
-            rate = self.count / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=n, rate=f"{rate:,.0f}")
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
-
-
 def failures_path_for(output: Path) -> Path:
     """Where the per-image faults of ``output`` are listed (tab-separated)."""
     return output.with_name(output.name.removesuffix(".parquet") + ".failures.tsv")
@@ -270,7 +231,7 @@ def extract(
     done = store.finished_chunks(n_chunks)
     resumed = sum(min(chunk_size, n - c * chunk_size) for c in done)
 
-    bar = _Progress(progress, n, resumed)
+    bar = RowProgress(progress, "extract", n, resumed, unit="img")
     pending = [c for c in range(n_chunks) if c not in done]
     batches = [
         (c, np.arange(s, min(s + batch_size, (c + 1) * chunk_size, n)))
