@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from faceclean.filter import class_sums, filter_store, normalise_rows
 from faceclean.merge import merge_classes
-from faceclean.store import embedding_schema, embedding_table
+from faceclean.store import embedding_schema, embedding_table, iter_row_groups
 
 
 def write_synthetic(path: Path, rows: int, classes: int, dim: int, seed: int = 0) -> None:
@@ -61,7 +61,7 @@ def numpy_filter(path: Path, tau: float) -> int:
     sums, counts = class_sums(path)
     cent = normalise_rows(sums).astype(np.float32)
     kept = 0
-    for batch in pq.ParquetFile(path).iter_batches(8192, columns=["label", "embedding"]):
+    for batch in iter_row_groups(pq.ParquetFile(path), ["label", "embedding"], 8192):
         y = batch.column("label").to_numpy()
         x = batch.column("embedding").flatten().to_numpy().reshape(len(y), -1)
         sims = x @ cent.T

@@ -27,7 +27,7 @@ from faceclean.errors import FacecleanError
 from faceclean.filter import FilterResult, filter_store
 from faceclean.merge import MergeResult, merge_classes
 from faceclean.recordio import write_face_rec
-from faceclean.store import atomic_path, read_metadata
+from faceclean.store import atomic_path, iter_row_groups, read_metadata
 
 FORMATS = ("parquet", "lst", "rec")
 
@@ -45,9 +45,7 @@ def _clean_batches(scores: pa.Table | Path, mapping: np.ndarray):
     batches = (
         scores.to_batches(65536)
         if isinstance(scores, pa.Table)
-        else pq.ParquetFile(scores).iter_batches(
-            65536, columns=["path", "label", "identity", "keep"]
-        )
+        else iter_row_groups(pq.ParquetFile(scores), ["path", "label", "identity", "keep"], 65536)
     )
     for batch in batches:
         kept = batch.filter(batch.column("keep"))

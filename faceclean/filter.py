@@ -19,6 +19,7 @@ sample is dropped vanish from the clean list and are counted in the summary.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,16 +71,34 @@ def class_sums(path: str | Path, batch_rows: int = 65536) -> tuple[np.ndarray, n
     for batch in _checked_batches(path, ("label", "embedding"), batch_rows):
         labels, emb = batch["label"], batch["embedding"]
         k = int(labels.max()) + 1 if len(labels) else 0
-        if k > len(counts):
-            sums = np.vstack([sums, np.zeros((k - len(counts), dim))])
-            counts = np.concatenate([counts, np.zeros(k - len(counts), np.int64)])
-        order = np.argsort(labels, kind="stable")
-        sorted_labels = labels[order]
-        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-        # float32 within a batch, float64 across batches: exact enough, half the traffic.
-        sums[sorted_labels[starts]] += np.add.reduceat(emb[order], starts)
+        if k > len(counts):  # grow by doubling: sorted labels would otherwise copy per batch
+            grown = max(k, 2 * len(counts))
+            sums = np.vstack([sums, np.zeros((grown - len(counts), dim))])
+            counts = np.concatenate([counts, np.zeros(grown - len(counts), np.int64)])
+        add_rows(sums, labels, emb)
         counts += np.bincount(labels, minlength=len(counts))
-    return sums, counts
+    k = int(np.flatnonzero(counts).max()) + 1 if counts.any() else 0
+    return sums[:k].copy(), counts[:k].copy()
+
+
+def add_rows(sums: np.ndarray, labels: np.ndarray, rows: np.ndarray, sign: float = 1.0) -> None:
+    """sums[labels[i]] += sign * rows[i] for every i, in place (float64 ``sums``).
+
+    A float32 scatter-add over the batch's distinct labels (torch's index_add_, ~100x
+    faster than numpy's reduceat or add.at with many small classes), then one float64 add:
+    deterministic, since a CPU index_add_ sums each class's rows in batch order.
+    """
+    import torch
+
+    if len(labels) == 0:
+        return
+    present, inverse = np.unique(labels, return_inverse=True)
+    batch = torch.zeros((len(present), rows.shape[1]), dtype=torch.float32)
+    with warnings.catch_warnings():  # read-only Arrow buffers: torch only reads them here
+        warnings.simplefilter("ignore", UserWarning)
+        source = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    batch.index_add_(0, torch.from_numpy(inverse.astype(np.int64).ravel()), source)
+    sums[present] += sign * batch.numpy()
 
 
 def normalise_rows(m: np.ndarray) -> np.ndarray:
@@ -235,7 +254,7 @@ def filter_store(
             drop = ~keep
             if drop.any():
                 y = batch["label"][drop]
-                np.subtract.at(kept_sums, y, batch["embedding"][drop].astype(np.float64))
+                add_rows(kept_sums, y, batch["embedding"][drop], sign=-1.0)
                 np.subtract.at(kept_counts, y, 1)
             identity = batch["identity"] if has_identity else batch["label"].astype(str)
             table = pa.table(
