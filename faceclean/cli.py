@@ -54,6 +54,7 @@ def main() -> None:
       merge              unite classes whose centroids have cosine > tau_inter
       clean              filter + merge + the clean list training reads
       inject-noise       corrupt a clean embedding store with known label noise
+      report             D histogram, drops per class, merged groups, contact sheet
       evaluate-cleaning  precision/recall of a clean against the injected truth
       demo               make a small synthetic face set and run the pipeline on it
     """
@@ -416,6 +417,21 @@ def clean_cmd(
     s = {k: v for k, v in r.summary.items() if k != "largest_groups"}
     s["clean list"] = str(r.outputs["clean"])
     _summary_table("faceclean clean", s)
+
+
+@main.command("report")
+@click.argument("clean_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Image root for the contact sheet [default: the one the embeddings record].",
+)
+def report_cmd(clean_dir, data):
+    """Write report.html: D histogram, drops per class, merged groups, contact sheet."""
+    from faceclean.report import write_report
+
+    out = write_report(clean_dir, data)
+    _summary_table("faceclean report", {k: str(v) for k, v in out.items()})
 
 
 @main.command("inject-noise")

@@ -3,6 +3,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from faceclean.clean import clean
 from faceclean.cli import main
@@ -253,3 +254,21 @@ def test_cli_clean_pipeline(tmp_path):
     assert (tmp_path / "c" / "sweep.png").stat().st_size > 1000
     sweep = (tmp_path / "c" / "sweep.csv").read_text().splitlines()
     assert len(sweep) == 21
+
+
+def test_report_files(tmp_path, faces, tiny_model):
+    from faceclean.extract import extract
+    from faceclean.report import write_report
+
+    extract(faces, tiny_model, tmp_path / "f.parquet")
+    clean(tmp_path / "f.parquet", tmp_path / "c", 1.0, 0.999)
+    out = write_report(tmp_path / "c")
+    assert set(out) == {"histogram", "drops", "groups", "contact_sheet", "html"}
+    sheet = Image.open(out["contact_sheet"])
+    assert sheet.size == (9 * 100, 12 * 114)  # 12 rows of 1 + 4 + 4 thumbnails
+    drops = out["drops"].read_text().splitlines()
+    assert drops[0] == '"label","identity","samples","dropped"' and len(drops) == 9
+    counts = [int(line.split(",")[-1]) for line in drops[1:]]
+    assert counts == sorted(counts, reverse=True)
+    page = out["html"].read_text()
+    assert "Discriminability" in page and "contact_sheet.png" in page
