@@ -1,6 +1,5 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,9 @@ def _float64():
 
 def batch(n=6, d=8, c=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, c, (n,), generator=g)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(
+        0, c, (n,), generator=g
+    )
 
 
 def textbook(x, w, y, target_fn, s):
@@ -82,8 +83,19 @@ def test_margin_function_is_continuous_and_decreasing_everywhere():
         assert (f[1:] < f[:-1]).all(), (m1, m2, m3)
 
 
-@pytest.mark.parametrize("name", ["unified", "arcface", "cosface", "adaface", "npcface",
-                                  "mv-softmax", "search-softmax", "linear"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "unified",
+        "arcface",
+        "cosface",
+        "adaface",
+        "npcface",
+        "mv-softmax",
+        "search-softmax",
+        "linear",
+    ],
+)
 def test_gradients_are_true_gradients(name):
     x, y = batch(n=4, d=6, c=4, seed=3)
     head = create_head(name, 6, 4)

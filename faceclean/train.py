@@ -1,0 +1,374 @@
+"""`faceclean train`: train a backbone with a margin-loss head on a clean list.
+
+Reads top to bottom: load the list -> dataset -> backbone + head -> SGD with warm-up and a
+cosine or step schedule -> epochs (checkpoint after each, atomically) -> embeddings of the
+validation set -> TAR@FAR. Deterministic given the seed (the data order and every flip
+are drawn from the seed, the epoch and the sample index, not from worker state), and
+resumable: run the same command on the same run folder and it continues from the last
+checkpoint. On CUDA it trains in bfloat16 autocast with channels-last; under ``torchrun``
+it wraps the model in DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from faceclean.backbones import count_macs, create_backbone
+from faceclean.datasets import open_dataset, read_image_bytes
+from faceclean.errors import FacecleanError
+from faceclean.losses import PartialFC, create_head
+from faceclean.preprocess import PRESETS, Preprocessing, load_pixels, normalise
+from faceclean.progress import RowProgress
+from faceclean.store import atomic_path
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json`` in the run folder)."""
+
+    clean_list: str
+    data_root: str | None = None
+    backbone: str = "mobilefacenet"
+    width: float = 1.0
+    depth: float = 1.0
+    embedding_size: int = 128
+    input_size: int = 112
+    loss: str = "unified"
+    loss_kwargs: dict = field(default_factory=dict)
+    sample_rate: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"
+    step_milestones: tuple[float, ...] = (0.5, 0.75)
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    preset: str = "insightface"
+
+
+def read_clean_list(path: str | Path, data_root: str | Path | None = None):
+    """(paths, labels int64, image root) from a clean list: Parquet with ``path``/``label``,
+    ``path label`` lines, a .rec, or an image folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FacecleanError("clean list not found", path)
+    if path.suffix == ".parquet":
+        table = pq.read_table(path, columns=["path", "label"])
+        paths, labels = table["path"].to_pylist(), table["label"].to_numpy().astype(np.int64)
+        root = Path(data_root) if data_root else path.parent
+    elif path.suffix in (".lst", ".txt"):
+        # Keep the labels as written: a clean list's labels are already the training ids.
+        paths, labels = [], []
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                p, _, lab = line.strip().rpartition("\t" if "\t" in line else " ")
+                try:
+                    labels.append(int(lab))
+                except ValueError:
+                    raise FacecleanError(
+                        f"line {lineno}: label {lab!r} is not an integer", path
+                    ) from None
+                paths.append(p)
+        labels = np.asarray(labels, np.int64)
+        root = Path(data_root) if data_root else path.parent
+    else:
+        ds = open_dataset(path, data_root)
+        paths, labels, root = ds.paths.to_pylist(), ds.labels, ds.root
+    if len(paths) == 0:
+        raise FacecleanError("the clean list is empty", path)
+    if labels.min() < 0:
+        raise FacecleanError(f"label {labels.min()} is negative", path)
+    return paths, labels, root
+
+
+class FaceImages(Dataset):
+    """(image tensor [3, S, S], label) pairs; training flips are seeded per sample."""
+
+    def __init__(self, paths, labels, root, spec: Preprocessing, train: bool, seed: int = 0):
+        self.paths, self.labels, self.root, self.spec = paths, labels, Path(root), spec
+        self.train, self.seed, self.epoch = train, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            pixels, _ = load_pixels(read_image_bytes(self.root, self.paths[i]), self.spec)
+        except Exception as e:
+            raise FacecleanError(
+                f"cannot read training image: {e}", self.root / self.paths[i]
+            ) from None
+        if self.train and np.random.default_rng((self.seed, self.epoch, i)).random() < 0.5:
+            pixels = pixels[:, ::-1]
+        x = normalise(np.ascontiguousarray(pixels)[None], self.spec)[0]
+        return torch.from_numpy(x), int(self.labels[i])
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FacecleanError("--device cuda asked for, but torch sees no CUDA GPU")
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine to 0 or steps of x0.1."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 0.1 ** sum(progress >= m for m in cfg.step_milestones)
+
+
+def build(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    model = create_backbone(
+        cfg.backbone,
+        width=cfg.width,
+        depth=cfg.depth,
+        embedding_size=cfg.embedding_size,
+        input_size=cfg.input_size,
+    )
+    head = create_head(cfg.loss, cfg.embedding_size, num_classes, **cfg.loss_kwargs)
+    return model, head
+
+
+def spec_for(cfg: TrainConfig) -> Preprocessing:
+    p = PRESETS[cfg.preset]
+    return Preprocessing(p["mean"], p["std"], p["channels"], cfg.input_size, cfg.input_size)
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    dataset: FaceImages,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+    flip: bool = False,
+) -> np.ndarray:
+    """Unit embeddings [N, d] of a dataset, in order (flip: image + mirror summed)."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for x, _ in loader:
+        x = x.to(device)
+        f = model(x)
+        if flip:
+            f = f + model(torch.flip(x, dims=[3]))
+        out.append(torch.nn.functional.normalize(f.float()).cpu().numpy())
+    return np.concatenate(out)
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    progress: bool = False,
+    stop_after_epochs: int | None = None,
+) -> dict:
+    """Train (or resume) into ``run_dir``: ``config.json``, ``checkpoint.pt`` (model, head,
+    optimiser, epoch, step), ``metrics.jsonl`` (one line per epoch). Returns the summary.
+
+    ``stop_after_epochs`` ends this call after that many epochs (for time-sliced jobs);
+    calling again resumes, and the result equals one uninterrupted run."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths, labels, root = read_clean_list(cfg.clean_list, cfg.data_root)
+    num_classes = int(labels.max()) + 1
+    missing = [p for p in paths[:100_000] if "#" not in p and not (Path(root) / p).is_file()]
+    if missing:
+        raise FacecleanError(
+            f"{len(missing)} image(s) of the list are missing, e.g. {Path(root) / missing[0]}",
+            cfg.clean_list,
+        )
+    model, head = build(cfg, num_classes)  # validates W, D and the loss parameters
+    config_path = run_dir / "config.json"
+    saved = json.loads(json.dumps(asdict(cfg)))
+    if config_path.exists() and json.loads(config_path.read_text()) != saved:
+        raise FacecleanError("holds a run with another configuration; use a new folder", run_dir)
+    with atomic_path(config_path) as tmp:
+        tmp.write_text(json.dumps(saved, indent=2))
+
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    device = pick_device(cfg.device)
+    if distributed:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(cfg.seed)
+    model, head = build(cfg, num_classes)  # re-create after seeding: identical init
+    model.to(device)
+    head.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    criterion = PartialFC(head, cfg.sample_rate, cfg.seed) if cfg.sample_rate < 1 else head
+    params = list(model.parameters()) + list(head.parameters())
+    optimiser = torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    dataset = FaceImages(paths, labels, root, spec_for(cfg), train=True, seed=cfg.seed)
+    steps_per_epoch = max(1, len(dataset) // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    epoch, step = 0, 0
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        optimiser.load_state_dict(state["optimiser"])
+        epoch, step = state["epoch"], state["step"]
+    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+    t0 = time.perf_counter()
+    bar = RowProgress(progress, "train", total, step, unit="step")
+    last_epoch = (
+        cfg.epochs if stop_after_epochs is None else min(cfg.epochs, epoch + stop_after_epochs)
+    )
+    while epoch < last_epoch and step < total:
+        dataset.epoch = epoch
+        if hasattr(head, "set_epoch"):
+            head.set_epoch(epoch)
+        order = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        if distributed:
+            sampler = torch.utils.data.DistributedSampler(dataset, seed=cfg.seed)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(
+                dataset, cfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.workers
+            )
+        else:
+            loader = DataLoader(
+                dataset,
+                cfg.batch_size,
+                shuffle=True,
+                generator=order,
+                drop_last=True,
+                num_workers=cfg.workers,
+            )
+        net.train()
+        head.train()
+        losses, seen, t_epoch = [], 0, time.perf_counter()
+        for x, y in loader:
+            if step >= total:
+                break
+            for g in optimiser.param_groups:
+                g["lr"] = cfg.lr * lr_at(step, total, steps_per_epoch, cfg)
+            x, y = x.to(device, non_blocking=True), y.to(device)
+            if device.type == "cuda":
+                x = x.to(memory_format=torch.channels_last)
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                emb = net(x)
+            loss = criterion(emb.float(), y)
+            if not torch.isfinite(loss):
+                raise FacecleanError(
+                    f"loss became {loss.item()} at step {step} (diverged); "
+                    "lower --lr or the margins",
+                    run_dir,
+                )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+            seen += len(y)
+            step += 1
+            bar.advance(1)
+        epoch += 1
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "loss": float(np.mean(losses)) if losses else None,
+            "images_per_second": seen / max(time.perf_counter() - t_epoch, 1e-9),
+            "lr": optimiser.param_groups[0]["lr"],
+        }
+        if not distributed or torch.distributed.get_rank() == 0:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            with atomic_path(ckpt) as tmp:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "head": head.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "num_classes": num_classes,
+                    },
+                    tmp,
+                )
+    bar.close()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return {
+        "run_dir": str(run_dir),
+        "epochs": epoch,
+        "steps": step,
+        "num_classes": num_classes,
+        "images": len(dataset),
+        "macs": count_macs(build(cfg, num_classes)[0]),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """The trained backbone (eval mode) and its config from a run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise FacecleanError("no checkpoint.pt: not a finished `faceclean train` run", run_dir)
+    raw = json.loads((run_dir / "config.json").read_text())
+    raw["step_milestones"] = tuple(raw.get("step_milestones", (0.5, 0.75)))
+    cfg = TrainConfig(**raw)
+    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    model, _ = build(cfg, state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
+
+
+def evaluate_run(
+    run_dir: str | Path, val: str | Path, fars=(1e-3, 1e-4, 1e-5), flip: bool = True
+) -> dict:
+    """TAR@FAR (all pairs) of a run's model on a validation set given as identities."""
+    from faceclean.verification import evaluate_embeddings
+
+    model, cfg = load_run(run_dir)
+    ds = open_dataset(val)
+    images = FaceImages(ds.paths.to_pylist(), ds.labels, ds.root, spec_for(cfg), train=False)
+    emb = embed_images(model, images, flip=flip)
+    return evaluate_embeddings(emb, ds.labels, fars)
+
+
+def evaluate_run_bin(run_dir: str | Path, bin_path: str | Path) -> dict:
+    """InsightFace ``.bin`` 10-fold accuracy (with flip) of a run's model."""
+    from faceclean.verification import evaluate_bin
+
+    model, cfg = load_run(run_dir)
+    spec = spec_for(cfg)
+
+    @torch.no_grad()
+    def embed(images: list[bytes], flip: bool) -> np.ndarray:
+        out = []
+        for s in range(0, len(images), 128):
+            pixels = np.stack([load_pixels(b, spec)[0] for b in images[s : s + 128]])
+            x = torch.from_numpy(normalise(pixels, spec))
+            f = model(x) + (model(torch.flip(x, dims=[3])) if flip else 0)
+            out.append(torch.nn.functional.normalize(f).numpy())
+        return np.concatenate(out)
+
+    return evaluate_bin(bin_path, embed)

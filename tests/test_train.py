@@ -1,0 +1,169 @@
+import pickle
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from faceclean.backbones import create_backbone
+from faceclean.datasets import open_dataset
+from faceclean.errors import FacecleanError
+from faceclean.export import export_onnx
+from faceclean.extract import extract
+from faceclean.synthetic import make_face_folder
+from faceclean.train import (
+    FaceImages,
+    TrainConfig,
+    build,
+    embed_images,
+    evaluate_run,
+    evaluate_run_bin,
+    load_run,
+    spec_for,
+    train,
+)
+from faceclean.verification import evaluate_embeddings, kfold_accuracy, tar_at_far
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return (
+        make_face_folder(root / "train", 30, 12, size=56, seed=0),
+        make_face_folder(root / "val", 20, 6, size=56, seed=99),
+    )
+
+
+def config(train_dir, **kw):
+    base = dict(
+        clean_list=str(train_dir),
+        input_size=56,
+        embedding_size=64,
+        width=0.5,
+        depth=0.5,
+        loss="arcface",
+        loss_kwargs={"s": 32, "m": 0.3},
+        epochs=4,
+        batch_size=32,
+        lr=0.1,
+        warmup_epochs=1,
+        workers=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_short_training_improves_tar_over_the_untrained_network(sets, tmp_path):
+    train_dir, val_dir = sets
+    cfg = config(train_dir)
+    torch.manual_seed(cfg.seed)
+    untrained, _ = build(cfg, 30)
+    ds = open_dataset(val_dir)
+    images = FaceImages(ds.paths.to_pylist(), ds.labels, ds.root, spec_for(cfg), False)
+    before = evaluate_embeddings(embed_images(untrained, images, flip=True), ds.labels, (1e-2,))
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 4 * (360 // 32)
+    after = evaluate_run(tmp_path / "run", val_dir, (1e-2,))
+    assert after["tar@far=0.01"] > before["tar@far=0.01"] + 0.2
+    losses = [
+        float(line.split('"loss": ')[1].split(",")[0])
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert losses[-1] < losses[0] / 2
+
+
+def test_resume_gives_the_same_model(sets, tmp_path):
+    train_dir, _ = sets
+    cfg = config(train_dir, epochs=3, loss="unified", loss_kwargs={"s_p": 30, "s_n": 32})
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b", stop_after_epochs=1)
+    assert load_run(tmp_path / "b")  # a checkpoint after one epoch
+    train(cfg, tmp_path / "b")
+    a, _ = load_run(tmp_path / "a")
+    b, _ = load_run(tmp_path / "b")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    with pytest.raises(FacecleanError, match="another configuration"):
+        train(config(train_dir, epochs=5), tmp_path / "a")
+
+
+def test_export_parity_and_extract_reads_it_without_flags(sets, tmp_path):
+    train_dir, val_dir = sets
+    train(config(train_dir, epochs=1), tmp_path / "run")
+    onnx_path = export_onnx(tmp_path / "run", tmp_path / "m.onnx")
+    model, cfg = load_run(tmp_path / "run")
+    x = torch.randn(5, 3, 56, 56)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"data": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.9999
+    result = extract(val_dir, onnx_path)  # preprocessing comes from the model
+    assert result.batch_mode == "dynamic" and result.num_written == 120
+
+
+def test_bad_training_input(sets, tmp_path):
+    train_dir, _ = sets
+    (tmp_path / "empty.lst").write_text("\n")
+    with pytest.raises(FacecleanError, match="clean list is empty"):
+        train(config(tmp_path / "empty.lst"), tmp_path / "r1")
+    img = next(train_dir.glob("*/*.png"))
+    (tmp_path / "neg.lst").write_text(f"{img} 0\n{img} -1\n")
+    with pytest.raises(FacecleanError, match="label -1 is negative"):
+        train(config(tmp_path / "neg.lst"), tmp_path / "r2")
+    (tmp_path / "missing.lst").write_text(f"{img} 0\n{tmp_path}/nope.png 1\n")
+    with pytest.raises(FacecleanError, match=r"1 image\(s\) of the list are missing, e.g. .*nope"):
+        train(config(tmp_path / "missing.lst"), tmp_path / "r3")
+    with pytest.raises(FacecleanError, match="width 5.0 is outside"):
+        train(config(train_dir, width=5.0), tmp_path / "r4")
+    with pytest.raises(FacecleanError, match="non-monotonic"):
+        train(config(train_dir, loss="unified", loss_kwargs={"m1": -1.0}), tmp_path / "r5")
+
+
+def test_tar_at_far_interpolates_on_the_roc_and_flags_unresolved():
+    genuine = np.array([0.9, 0.8, 0.7, 0.2])
+    impostor = np.linspace(0, 0.75, 1000)  # one impostor above 0.7495...: FAR steps of 1e-3
+    tars = tar_at_far(genuine, impostor, (1e-3, 1e-2, 0.1, 1e-4))
+    assert tars[1e-3] == (0.5, True)  # 0.9 and 0.8 beat every impostor
+    assert tars[1e-2] == (0.5, True)  # 0.7 needs FAR 0.066 (66 impostors above it)
+    assert tars[0.1] == (0.75, True)
+    assert tars[1e-4] == (0.5, False)  # 1000 impostors cannot resolve 1e-4
+    assert (
+        kfold_accuracy(
+            np.r_[np.ones(50), np.zeros(50)], np.r_[np.ones(50), np.zeros(50)].astype(bool)
+        )[0]
+        == 1.0
+    )
+
+
+def test_bin_pair_file_accuracy(sets, tmp_path):
+    train_dir, val_dir = sets
+    train(config(train_dir, epochs=1), tmp_path / "run")
+    ids = sorted(val_dir.iterdir())
+    bins, issame = [], []
+    for k in range(10):
+        a, b = sorted(ids[k].iterdir())[:2]
+        bins += [a.read_bytes(), b.read_bytes()]
+        issame.append(True)
+        bins += [a.read_bytes(), sorted(ids[k + 10].iterdir())[0].read_bytes()]
+        issame.append(False)
+    with open(tmp_path / "toy.bin", "wb") as f:
+        pickle.dump((bins, issame), f)
+    r = evaluate_run_bin(tmp_path / "run", tmp_path / "toy.bin")
+    assert r["pairs"] == 20 and 0.5 <= r["accuracy"] <= 1.0
+    (tmp_path / "bad.bin").write_bytes(b"garbage")
+    with pytest.raises(FacecleanError, match=r"bad\.bin: not an InsightFace \.bin"):
+        evaluate_run_bin(tmp_path / "run", tmp_path / "bad.bin")
+
+
+def test_iresnet_trains_one_step(sets, tmp_path):
+    train_dir, _ = sets
+    s = train(
+        config(train_dir, backbone="iresnet18", width=0.25, depth=0.5, max_steps=1, epochs=1),
+        tmp_path / "r",
+    )
+    assert s["steps"] == 1
+    assert create_backbone("iresnet18", width=0.25, input_size=56)(
+        torch.zeros(2, 3, 56, 56)
+    ).shape == (2, 512)
