@@ -13,8 +13,6 @@ from faceclean.backbones import (
 from faceclean.errors import FacecleanError
 from faceclean.losses import PartialFC, create_head, margin_function
 
-torch.set_default_dtype(torch.float64)
-
 
 @pytest.fixture(autouse=True)
 def _float64():
