@@ -209,7 +209,8 @@ def train(
     with atomic_path(config_path) as tmp:
         tmp.write_text(json.dumps(saved, indent=2))
 
-    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    distributed = world > 1
     device = pick_device(cfg.device)
     if distributed:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -225,7 +226,8 @@ def train(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     dataset = FaceImages(paths, labels, root, spec_for(cfg), train=True, seed=cfg.seed)
-    steps_per_epoch = max(1, len(dataset) // cfg.batch_size)
+    # Under torchrun each process sees 1/world of the data per epoch (batch is per process).
+    steps_per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
