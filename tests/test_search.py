@@ -1,0 +1,122 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from faceclean.controller import PPO, Controller
+from faceclean.errors import FacecleanError
+from faceclean.search import SurrogateObjective, read_log, search
+from faceclean.search_space import BASELINE, TOKENS, load_space
+
+
+def test_controller_learns_to_prefer_rewarded_tokens():
+    torch.manual_seed(0)
+    controller = Controller([4, 6, 3])
+    ppo = PPO(controller, lr=5e-3)
+    gen = torch.Generator().manual_seed(1)
+    target = torch.tensor([2, 5, 0])
+    for _ in range(40):
+        tokens, logp = controller.sample(16, gen)
+        ppo.update(tokens, logp, (tokens == target).float().mean(1))
+    tokens, _ = controller.sample(500, gen)
+    assert ((tokens == target).float().mean(0) > 0.9).all()
+
+
+def test_space_validation_and_aspects(tmp_path):
+    space = load_space()
+    assert space.sizes == [13, 7, 8, 8, 8, 14, 14, 10, 10]
+    loss_only = space.restrict("loss")
+    assert loss_only.sizes == [1, 1, 8, 8, 8, 14, 14, 1, 1]
+    assert loss_only.choices["width"] == (BASELINE["width"],)
+    f = tmp_path / "space.toml"
+    f.write_text("[tokens]\nm1 = [1.0, 1.1]\nwidth = [0.8, 1.0]\n")
+    assert load_space(f, "backbone,loss").sizes == [1, 1, 2, 8, 8, 14, 14, 10, 2]
+    for text, message in [
+        ("[tokens]\nm9 = [1]\n", "unknown token"),
+        ("[tokens]\nm1 = []\n", "non-empty list"),
+        ("[tokens]\nm1 = ['a']\n", "non-numeric"),
+        ("[tokens]\nm1 = [0.0]\n", "outside"),
+        ("[tokens]\nwidth = [5.0]\n", "outside"),
+        ("tokens = 3 3\n", "not valid TOML"),
+        ("[other]\n", r"needs a \[tokens\] table"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(FacecleanError, match=message):
+            load_space(f)
+    with pytest.raises(FacecleanError, match="unknown aspect"):
+        space.restrict("optimiser")
+
+
+def test_ppo_beats_random_on_the_surrogate(tmp_path):
+    space = load_space()
+    obj = SurrogateObjective(space, seed=0)
+    best = {}
+    for method in ("ppo", "random"):
+        r = search(
+            space, obj, tmp_path / method, steps=30, batch=8, method=method, alpha=0.0, lr=5e-3
+        )
+        best[method] = np.mean([t["reward"] for t in r.trials[-40:]])
+    assert best["ppo"] > best["random"] + 0.2
+
+
+def test_failing_trials_are_logged_and_the_search_goes_on(tmp_path):
+    space = load_space()
+
+    def flaky(combo, seed):
+        if combo["m1"] > 1.1:
+            raise FloatingPointError("loss diverged to NaN")
+        return {"acc": 0.5, "macs": 1.0}
+
+    r = search(space, flaky, tmp_path / "s", steps=3, batch=6, failure_reward=-1.0)
+    failed = [t for t in r.trials if t["error"]]
+    assert failed and all(t["reward"] == -1.0 for t in failed)
+    assert all("diverged" in t["error"] for t in failed)
+    assert len(r.trials) == 18
+    with pytest.raises(FacecleanError, match="pass --resume"):
+        search(space, flaky, tmp_path / "s", steps=3, batch=6)
+
+
+SCRIPT = """
+import sys, time
+from faceclean.search import search, SurrogateObjective
+from faceclean.search_space import load_space
+space = load_space()
+obj = SurrogateObjective(space, seed=1)
+def slow(combo, seed):
+    time.sleep(0.05)
+    return obj(combo, seed)
+search(space, slow, sys.argv[1], steps=6, batch=4, seed=3, resume=True)
+"""
+
+
+def _strip(trials):
+    return [{k: v for k, v in t.items() if k != "wall_s"} for t in trials]
+
+
+def test_resume_after_a_kill_mid_step_gives_the_same_log(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "full")], check=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cut")])
+    log = tmp_path / "cut" / "trials.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill inside a step: 9 trials = 2 steps and 1 of the 3rd
+        if log.exists() and len(log.read_text().splitlines()) >= 9:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(read_log(tmp_path / "cut"))
+    assert 9 <= n_before < 24, "the search finished before it could be killed"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "cut")], check=True)
+    full, cut = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
+    assert [t["trial"] for t in cut] == list(range(24))
+    assert _strip(cut) == _strip(full)
+    assert json.loads((tmp_path / "cut" / "trials.jsonl").read_text().splitlines()[0])["tokens"]
+    assert set(TOKENS) <= set(full[0])
