@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from faceclean import __version__
@@ -39,7 +40,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FacecleanError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -60,6 +61,7 @@ def main() -> None:
       train              train a backbone (W, D) with a margin loss on a clean list
       eval               TAR@FAR / ACC on validation identities, .bin accuracy
       export             a trained run -> ONNX that extract reads without flags
+      search             the joint RL search over cleaning, loss and backbone
       demo               make a small synthetic face set and run the pipeline on it
     """
 
@@ -184,7 +186,7 @@ def extract(
     if quiet:
         return
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     spec = result.preprocessing
     table = Table(title="faceclean extract", show_header=False)
     rows = [
@@ -622,6 +624,127 @@ def export_cmd(run_dir, output):
     from faceclean.export import export_onnx
 
     _summary_table("faceclean export", {"model": str(export_onnx(run_dir, output))})
+
+
+@main.command("search")
+@click.argument("embeddings", type=click.Path(path_type=Path))
+@click.option(
+    "--val",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Validation identities (folder or list) that score each trial.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Image root of the training set [default: recorded in the embeddings].",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run folder: trials.jsonl, state.pt, plots, trial runs.",
+)
+@click.option("--steps", default=10, show_default=True, help="Controller steps T.")
+@click.option("--batch", default=4, show_default=True, help="Trials per step B.")
+@click.option(
+    "--space",
+    "aspects",
+    default="all",
+    show_default=True,
+    help="Tokens to search: all, or data/loss/backbone (comma-separated); the rest "
+    "stay at the baseline.",
+)
+@click.option(
+    "--space-file",
+    type=click.Path(path_type=Path),
+    help="TOML file with a [tokens] table of choices.",
+)
+@click.option("--method", type=click.Choice(["ppo", "random"]), default="ppo", show_default=True)
+@click.option(
+    "--alpha", default=-0.07, show_default=True, help="Reward = ACC * (MACs / base MACs)^alpha."
+)
+@click.option("--workers", default=1, show_default=True, help="Trials run in parallel.")
+@click.option("--input-size", default=112, show_default=True)
+@click.option("--embedding-size", default=128, show_default=True)
+@click.option("--epochs", default=1, show_default=True, help="Training epochs per trial.")
+@click.option("--max-steps", type=int, help="Training steps per trial (budget).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=0.1, show_default=True)
+@click.option(
+    "--far",
+    "fars",
+    multiple=True,
+    type=float,
+    default=(1e-3, 1e-4, 1e-5),
+    show_default=True,
+    help="FARs of ACC (weights 0.5/0.25/0.25 for three).",
+)
+@click.option(
+    "--retrain-top",
+    default=0,
+    show_default=True,
+    help="Re-train the k best combinations for --retrain-epochs.",
+)
+@click.option("--retrain-epochs", default=5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the search in --output.")
+def search_cmd(
+    embeddings,
+    val,
+    data,
+    output,
+    steps,
+    batch,
+    aspects,
+    space_file,
+    method,
+    alpha,
+    workers,
+    input_size,
+    embedding_size,
+    epochs,
+    max_steps,
+    batch_size,
+    lr,
+    fars,
+    retrain_top,
+    retrain_epochs,
+    seed,
+    resume,
+):
+    """Jointly search cleaning thresholds, margin loss and backbone (RL controller + PPO)."""
+    from faceclean.search import run_search
+
+    run_search(
+        embeddings,
+        val,
+        output,
+        data_root=data,
+        steps=steps,
+        batch=batch,
+        aspects=aspects,
+        space_file=space_file,
+        method=method,
+        alpha=alpha,
+        workers=workers,
+        train_kwargs={
+            "input_size": input_size,
+            "embedding_size": embedding_size,
+            "epochs": epochs,
+            "max_steps": max_steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "workers": 0,
+        },
+        fars=tuple(fars),
+        retrain_top=retrain_top,
+        retrain_epochs=retrain_epochs,
+        seed=seed,
+        resume=resume,
+        console=console,
+    )
 
 
 @main.command("inject-noise")

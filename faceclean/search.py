@@ -214,3 +214,129 @@ class SurrogateObjective:
         if self.noise:
             acc += float(np.random.default_rng(seed).normal(0, self.noise))
         return {"acc": acc, "macs": combo["width"] ** 2 * combo["depth"]}
+
+
+def run_search(
+    embeddings,
+    val,
+    output,
+    *,
+    data_root=None,
+    steps=10,
+    batch=4,
+    aspects="all",
+    space_file=None,
+    method="ppo",
+    alpha=-0.07,
+    workers=1,
+    train_kwargs=None,
+    fars=(1e-3, 1e-4, 1e-5),
+    retrain_top=0,
+    retrain_epochs=5,
+    seed=0,
+    resume=False,
+    console=None,
+) -> dict:
+    """The CLI's search: real trials (:class:`faceclean.trial.FaceTrial`), progress lines,
+    plots, and optionally the top-k combinations re-trained for longer."""
+    from faceclean.backbones import MobileFaceNet, count_macs
+    from faceclean.search_plots import plot_search
+    from faceclean.search_space import load_space
+    from faceclean.trial import FaceTrial
+
+    output = Path(output)
+    space = load_space(space_file, aspects)
+    kwargs = dict(train_kwargs or {})
+    trial = FaceTrial(
+        str(embeddings),
+        str(val),
+        str(output),
+        str(data_root) if data_root else None,
+        kwargs,
+        tuple(fars),
+    )
+    base_macs = count_macs(
+        MobileFaceNet(1.0, 1.0, kwargs.get("embedding_size", 128), kwargs.get("input_size", 112))
+    )
+    seen: list[dict] = []
+
+    def report(record):
+        seen.append(record)
+        ok = [t for t in seen if t["error"] is None]
+        best = max((t["reward"] for t in ok), default=float("nan"))
+        recent = [t["acc"] for t in ok[-2 * batch :]]
+        if console:
+            status = (
+                "failed: " + record["error"]
+                if record["error"]
+                else (f"ACC {record['acc']:.4f} reward {record['reward']:.4f}")
+            )
+            console.print(
+                f"step {record['step']} trial {record['trial']}: {status} | best "
+                f"{best:.4f} | moving ACC {np.mean(recent) if recent else float('nan'):.4f}",
+                highlight=False,
+            )
+
+    result = search(
+        space,
+        trial,
+        output,
+        steps,
+        batch,
+        method=method,
+        seed=seed,
+        alpha=alpha,
+        target_macs=base_macs,
+        workers=workers,
+        resume=resume,
+        on_trial=report,
+    )
+    plots = plot_search(result.trials, output)
+    summary = {
+        "trials": len(result.trials),
+        "top": result.top(max(retrain_top, 5)),
+        "plots": [str(p) for p in plots],
+    }
+    if retrain_top:
+        final = []
+        longer = FaceTrial(
+            trial.embeddings,
+            trial.val,
+            str(output / "retrain"),
+            trial.data_root,
+            {**kwargs, "epochs": retrain_epochs, "max_steps": None},
+            trial.fars,
+        )
+        for rank, t in enumerate(result.top(retrain_top)):
+            combo = {k: t[k] for k in TOKENS}
+            out = longer(combo, seed, run_name=f"top{rank + 1}")
+            final.append(
+                {
+                    **combo,
+                    "search_reward": t["reward"],
+                    "retrained_acc": out["acc"],
+                    "macs": out["macs"],
+                    "run_dir": out["run_dir"],
+                }
+            )
+        summary["retrained"] = final
+        with atomic_path(output / "retrained.json") as tmp:
+            tmp.write_text(json.dumps(final, indent=2))
+    if console:
+        from rich.table import Table
+
+        table = Table(title=f"faceclean search: top combinations ({method})")
+        for col in ("trial", *TOKENS, "acc", "reward"):
+            table.add_column(col)
+        for t in result.top(5):
+            table.add_row(
+                *[
+                    f"{t[c]:.4g}" if isinstance(t[c], float) else str(t[c])
+                    for c in ("trial", *TOKENS, "acc", "reward")
+                ]
+            )
+        console.print(table)
+        for r in summary.get("retrained", []):
+            console.print(f"retrained: ACC {r['retrained_acc']:.4f} -> {r['run_dir']}")
+        console.print(f"log: {output / 'trials.jsonl'}; plots: {', '.join(summary['plots'])}")
+    return summary

@@ -1,0 +1,77 @@
+"""The plots a user looks at after a search (PNG, written beside trials.jsonl)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from faceclean.search_space import TOKENS
+from faceclean.store import atomic_path
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def plot_search(trials: list[dict], out_dir: str | Path, top: int = 20) -> list[Path]:
+    """accuracy.png (ACC per trial and its moving average: the paper's Fig. 3),
+    tokens.png (mean reward per choice of each token), difficulty.png (data vs loss
+    difficulty of the best trials: Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    ok = [t for t in trials if t["error"] is None]
+    paths = []
+    if not ok:
+        return paths
+    acc = np.array([t["acc"] for t in ok])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.scatter([t["trial"] for t in ok], acc, s=8, alpha=0.5, label="sampled trials")
+    window = max(1, len(acc) // 10)
+    moving = np.convolve(acc, np.ones(window) / window, mode="valid")
+    ax.plot(
+        [t["trial"] for t in ok][window - 1 :],
+        moving,
+        color="#cc3311",
+        label=f"moving average ({window})",
+    )
+    ax.set_xlabel("trial")
+    ax.set_ylabel("ACC")
+    ax.legend()
+    paths.append(out_dir / "accuracy.png")
+    _save(fig, paths[-1])
+
+    fig, axes = plt.subplots(3, 3, figsize=(10, 8))
+    for ax, token in zip(axes.ravel(), TOKENS, strict=True):
+        values = sorted({t[token] for t in ok})
+        means = [np.mean([t["reward"] for t in ok if t[token] == v]) for v in values]
+        ax.bar([f"{v:g}" for v in values], means, color="#4477aa")
+        ax.set_title(token)
+        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    paths.append(out_dir / "tokens.png")
+    _save(fig, paths[-1])
+
+    best = sorted(ok, key=lambda t: -t["reward"])[:top]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sc = ax.scatter(
+        [t["data_difficulty"] for t in best],
+        [t["loss_difficulty"] for t in best],
+        c=[t["reward"] for t in best],
+        cmap="viridis",
+    )
+    fig.colorbar(sc, label="reward")
+    ax.set_xlabel("data difficulty 1 - tau_intra + tau_inter")
+    ax.set_ylabel("loss difficulty s_n (m1 - 1 + m2 + m3) / s_p")
+    ax.set_title(f"top {len(best)} trials")
+    paths.append(out_dir / "difficulty.png")
+    _save(fig, paths[-1])
+    return paths
