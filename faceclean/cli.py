@@ -817,12 +817,21 @@ def evaluate_cleaning_cmd(clean_dir, truth, sweep):
 )
 @click.option("--identities", default=40, show_default=True)
 @click.option("--images-per-identity", default=12, show_default=True)
+@click.option(
+    "-m",
+    "--model",
+    type=click.Path(path_type=Path),
+    help="Use this ONNX extractor instead of training a bootstrap one.",
+)
+@click.option("--steps", default=3, show_default=True, help="Search steps.")
+@click.option("--batch", default=2, show_default=True, help="Trials per search step.")
 @click.option("--seed", default=0, show_default=True)
-def demo(output, identities, images_per_identity, seed):
-    """Run the pipeline on a synthetic face-like set, with nothing to download."""
+def demo(output, identities, images_per_identity, model, steps, batch, seed):
+    """The whole pipeline on synthetic faces with known noise, nothing to download:
+    bootstrap extractor, extract, clean (scored against the noise), joint search, re-train."""
     from faceclean.demo import run_demo
 
-    run_demo(output, identities, images_per_identity, seed, console)
+    run_demo(output, identities, images_per_identity, seed, console, model, steps, batch)
 
 
 if __name__ == "__main__":
