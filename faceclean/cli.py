@@ -661,7 +661,14 @@ def export_cmd(run_dir, output):
     type=click.Path(path_type=Path),
     help="TOML file with a [tokens] table of choices.",
 )
-@click.option("--method", type=click.Choice(["ppo", "random"]), default="ppo", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["ppo", "random", "tpe", "gaussian"]),
+    default="ppo",
+    show_default=True,
+    help="ppo: the paper's RL controller; random; tpe (Optuna); gaussian: Search-Softmax's "
+    "reward-guided Gaussian search (meant for --space loss).",
+)
 @click.option(
     "--alpha", default=-0.07, show_default=True, help="Reward = ACC * (MACs / base MACs)^alpha."
 )

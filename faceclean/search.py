@@ -34,6 +34,55 @@ from faceclean.search_space import TOKENS, SearchSpace, difficulty
 from faceclean.store import atomic_path
 
 TrialFn = Callable[[dict, int], dict]
+METHODS = ("ppo", "random", "tpe", "gaussian")
+
+
+class GaussianSearch:
+    """Search-Softmax's reward-guided Gaussian search, on token indices: each token is
+    drawn from N(mu_t, sigma_t) (rounded, clipped to its choices), and after each batch
+    mu moves along the reward-weighted direction: mu += lr * mean(A_i (x_i - mu)), A the
+    standardised rewards. Meant for loss-only search (--space loss), usable on any tokens."""
+
+    def __init__(self, sizes: list[int], lr: float = 0.5, sigma: float = 0.25):
+        self.sizes = np.asarray(sizes)
+        self.mu = (self.sizes - 1) / 2.0
+        self.sigma = np.maximum(sigma * (self.sizes - 1), 1e-3)
+        self.lr = lr
+
+    def sample(self, batch: int, rng: np.random.Generator) -> np.ndarray:
+        x = rng.normal(self.mu, self.sigma, (batch, len(self.sizes)))
+        return np.clip(np.rint(x), 0, self.sizes - 1).astype(np.int64)
+
+    def update(self, tokens: np.ndarray, rewards: np.ndarray) -> None:
+        if len(rewards) < 2 or rewards.std() == 0:
+            return
+        adv = (rewards - rewards.mean()) / rewards.std()
+        self.mu = np.clip(
+            self.mu + self.lr * (adv[:, None] * (tokens - self.mu)).mean(0), 0, self.sizes - 1
+        )
+
+
+def _tpe_study(space: SearchSpace, seed: int, history: list[dict]):
+    """An Optuna TPE study over token indices, with ``history`` (finished trials) replayed."""
+    try:
+        import optuna
+    except ImportError:
+        raise FacecleanError("--method tpe needs Optuna: pip install 'faceclean[search]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {
+        t: optuna.distributions.IntDistribution(0, n - 1)
+        for t, n in zip(TOKENS, space.sizes, strict=True)
+    }
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    for rec in history:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=dict(zip(TOKENS, rec["tokens"], strict=True)),
+                distributions=dists,
+                value=rec["reward"],
+            )
+        )
+    return study, dists
 
 
 def reward(acc: float, macs: float, target_macs: float, alpha: float) -> float:
@@ -89,8 +138,8 @@ def search(
     """Run (or resume) a search; see the module docstring. ``trial_fn(combo, seed)`` returns
     at least ``acc`` and ``macs``; it must be a picklable module-level callable when
     ``workers > 1`` (a local process pool runs the batch in parallel)."""
-    if method not in ("ppo", "random"):
-        raise FacecleanError(f"unknown search method {method!r}; use ppo or random")
+    if method not in METHODS:
+        raise FacecleanError(f"unknown search method {method!r}; use {', '.join(METHODS)}")
     run_dir = Path(run_dir)
     state_path = run_dir / "state.pt"
     log_path = run_dir / "trials.jsonl"
@@ -102,6 +151,7 @@ def search(
     ppo = PPO(controller, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
+    gaussian = GaussianSearch(space.sizes)
     step, pending = 0, None
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
@@ -111,8 +161,14 @@ def search(
         gen.set_state(state["generator"])
         rng.bit_generator.state = state["numpy_rng"]
         step, pending = state["step"], state["pending"]
+        gaussian.mu = np.asarray(state.get("gaussian_mu", gaussian.mu))
     log = read_log(run_dir)
     done = {t["trial"]: t for t in log}
+    asked: dict = {}
+    if method == "tpe":
+        # Finished steps are replayed into a fresh study; the sampler's own random state is
+        # not restored, so a resumed TPE search continues well but not bit-identically.
+        study, tpe_dists = _tpe_study(space, seed, [t for t in log if t["step"] < step])
 
     def save_state():
         with atomic_path(state_path) as tmp:
@@ -125,6 +181,7 @@ def search(
                     "pending": pending,
                     "method": method,
                     "space": [list(space.choices[t]) for t in TOKENS],
+                    "gaussian_mu": gaussian.mu.tolist(),
                 },
                 tmp,
             )
@@ -133,13 +190,20 @@ def search(
     try:
         while step < steps:
             if pending is None:  # sample this step's batch and persist it before running
+                logp = torch.full((batch,), float("nan"))
                 if method == "ppo":
                     tokens, logp = controller.sample(batch, gen)
+                elif method == "gaussian":
+                    tokens = torch.as_tensor(gaussian.sample(batch, rng))
+                elif method == "tpe":
+                    asked = {b: study.ask(tpe_dists) for b in range(batch)}
+                    tokens = torch.tensor(
+                        [[asked[b].params[t] for t in TOKENS] for b in range(batch)]
+                    )
                 else:
                     tokens = torch.as_tensor(
                         np.stack([rng.integers(0, n, batch) for n in space.sizes], 1)
                     )
-                    logp = torch.full((batch,), float("nan"))
                 pending = {"tokens": tokens.tolist(), "logp": logp.tolist()}
                 save_state()
             ids = [step * batch + b for b in range(batch)]
@@ -173,9 +237,26 @@ def search(
                 done[i] = record
                 if on_trial:
                     on_trial(record)
+            rewards = torch.tensor([done[i]["reward"] for i in ids], dtype=torch.float32)
             if method == "ppo":
-                rewards = torch.tensor([done[i]["reward"] for i in ids], dtype=torch.float32)
                 ppo.update(torch.tensor(pending["tokens"]), torch.tensor(pending["logp"]), rewards)
+            elif method == "gaussian":
+                gaussian.update(np.asarray(pending["tokens"]), rewards.numpy())
+            elif method == "tpe":
+                import optuna
+
+                for b, i in enumerate(ids):
+                    if b in asked:
+                        study.tell(asked[b], done[i]["reward"])
+                    else:  # resumed mid-step: this trial was asked by the killed run
+                        study.add_trial(
+                            optuna.trial.create_trial(
+                                params=dict(zip(TOKENS, pending["tokens"][b], strict=True)),
+                                distributions=tpe_dists,
+                                value=done[i]["reward"],
+                            )
+                        )
+                asked = {}
             step, pending = step + 1, None
             save_state()
     finally:
