@@ -697,6 +697,11 @@ def export_cmd(run_dir, output):
 @click.option("--retrain-epochs", default=5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the search in --output.")
+@click.option(
+    "--ray-address",
+    help="Run trials as Ray tasks on this cluster ('local': a "
+    "local Ray instance); one GPU per trial when the cluster has GPUs.",
+)
 def search_cmd(
     embeddings,
     val,
@@ -720,6 +725,7 @@ def search_cmd(
     retrain_epochs,
     seed,
     resume,
+    ray_address,
 ):
     """Jointly search cleaning thresholds, margin loss and backbone (RL controller + PPO)."""
     from faceclean.search import run_search
@@ -751,6 +757,7 @@ def search_cmd(
         seed=seed,
         resume=resume,
         console=console,
+        ray_address=ray_address,
     )
 
 

@@ -37,6 +37,42 @@ TrialFn = Callable[[dict, int], dict]
 METHODS = ("ppo", "random", "tpe", "gaussian")
 
 
+class _RayPool:
+    """Trials as Ray tasks (one GPU each when the cluster has GPUs, else one CPU): the
+    executor for a cluster. ``address="local"`` starts a private local instance."""
+
+    def __init__(self, address: str, workers: int):
+        try:
+            import ray
+        except ImportError:
+            raise FacecleanError(
+                "--ray-address needs Ray: pip install 'faceclean[search]'"
+            ) from None
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            if address == "local":
+                ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self.task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(_run_trial)
+
+    def submit(self, fn, *args):
+        ref = self.task.remote(*args)
+        ray = self.ray
+
+        class _Future:
+            def result(self):
+                return ray.get(ref)
+
+        return _Future()
+
+    def shutdown(self):
+        if self.started:
+            self.ray.shutdown()
+
+
 class GaussianSearch:
     """Search-Softmax's reward-guided Gaussian search, on token indices: each token is
     drawn from N(mu_t, sigma_t) (rounded, clipped to its choices), and after each batch
@@ -134,10 +170,12 @@ def search(
     resume: bool = False,
     lr: float = 5e-4,
     on_trial: Callable[[dict], None] | None = None,
+    ray_address: str | None = None,
 ) -> SearchResult:
     """Run (or resume) a search; see the module docstring. ``trial_fn(combo, seed)`` returns
     at least ``acc`` and ``macs``; it must be a picklable module-level callable when
-    ``workers > 1`` (a local process pool runs the batch in parallel)."""
+    ``workers > 1`` (a local process pool runs the batch in parallel) or with
+    ``ray_address`` (Ray tasks on a cluster; "local" starts a local Ray instance)."""
     if method not in METHODS:
         raise FacecleanError(f"unknown search method {method!r}; use {', '.join(METHODS)}")
     run_dir = Path(run_dir)
@@ -186,7 +224,10 @@ def search(
                 tmp,
             )
 
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    if ray_address:
+        pool = _RayPool(ray_address, workers)
+    else:
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         while step < steps:
             if pending is None:  # sample this step's batch and persist it before running
@@ -317,6 +358,7 @@ def run_search(
     seed=0,
     resume=False,
     console=None,
+    ray_address=None,
 ) -> dict:
     """The CLI's search: real trials (:class:`faceclean.trial.FaceTrial`), progress lines,
     plots, and optionally the top-k combinations re-trained for longer."""
@@ -371,6 +413,7 @@ def run_search(
         workers=workers,
         resume=resume,
         on_trial=report,
+        ray_address=ray_address,
     )
     plots = plot_search(result.trials, output)
     summary = {

@@ -198,3 +198,14 @@ def test_real_search_end_to_end_with_cli(tmp_path):
     assert json.loads((tmp_path / "run" / "retrained.json").read_text())[0]["retrained_acc"] >= 0
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "pass --resume" in again.output
+
+
+def test_ray_local_instance_runs_the_same_trials(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'faceclean[search]')")
+    space = load_space()
+    obj = SurrogateObjective(space, seed=4)
+    local = search(space, obj, tmp_path / "local", steps=2, batch=3, seed=1)
+    ray_run = search(
+        space, obj, tmp_path / "ray", steps=2, batch=3, seed=1, workers=2, ray_address="local"
+    )
+    assert _strip(ray_run.trials) == _strip(local.trials)
