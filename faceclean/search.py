@@ -381,40 +381,76 @@ def run_search(
     base_macs = count_macs(
         MobileFaceNet(1.0, 1.0, kwargs.get("embedding_size", 128), kwargs.get("input_size", 112))
     )
-    seen: list[dict] = []
+    seen: list[dict] = read_log(output) if resume else []
+    live = None
+
+    def status_table():
+        from rich.table import Table
+
+        ok = [t for t in seen if t["error"] is None]
+        best = max(ok, key=lambda t: t["reward"], default=None)
+        recent = [t["acc"] for t in ok[-2 * batch :]]
+        step_now = seen[-1]["step"] if seen else 0
+        in_step = sum(1 for t in seen if t["step"] == step_now)
+        table = Table(title=f"faceclean search ({method}, space {aspects})", show_header=False)
+        table.add_row("step", f"{step_now + 1} / {steps}")
+        table.add_row("trials done", f"{len(seen)} / {steps * batch}")
+        table.add_row(
+            "running",
+            f"{0 if in_step == batch else batch - in_step} in this step "
+            f"({max(1, workers)} at a time)",
+        )
+        table.add_row("failed", str(len(seen) - len(ok)))
+        table.add_row(
+            "best reward",
+            "-"
+            if best is None
+            else f"{best['reward']:.4f} (trial {best['trial']}, ACC {best['acc']:.4f})",
+        )
+        table.add_row("moving ACC", f"{np.mean(recent):.4f}" if recent else "-")
+        if seen:
+            last = seen[-1]
+            table.add_row(
+                "last trial",
+                f"#{last['trial']}: "
+                + (
+                    f"failed: {last['error'][:60]}"
+                    if last["error"]
+                    else f"ACC {last['acc']:.4f}, reward {last['reward']:.4f}, "
+                    f"{last['wall_s']:.1f} s"
+                ),
+            )
+        return table
 
     def report(record):
         seen.append(record)
-        ok = [t for t in seen if t["error"] is None]
-        best = max((t["reward"] for t in ok), default=float("nan"))
-        recent = [t["acc"] for t in ok[-2 * batch :]]
-        if console:
-            status = (
-                "failed: " + record["error"]
-                if record["error"]
-                else (f"ACC {record['acc']:.4f} reward {record['reward']:.4f}")
-            )
-            console.print(
-                f"step {record['step']} trial {record['trial']}: {status} | best "
-                f"{best:.4f} | moving ACC {np.mean(recent) if recent else float('nan'):.4f}",
-                highlight=False,
-            )
+        if live is not None:
+            live.update(status_table())
 
-    result = search(
-        space,
-        trial,
-        output,
-        steps,
-        batch,
-        method=method,
-        seed=seed,
-        alpha=alpha,
-        target_macs=base_macs,
-        workers=workers,
-        resume=resume,
-        on_trial=report,
-        ray_address=ray_address,
-    )
+    if console:
+        from rich.live import Live
+
+        live = Live(status_table(), console=console, refresh_per_second=4)
+        live.start()
+    try:
+        result = search(
+            space,
+            trial,
+            output,
+            steps,
+            batch,
+            method=method,
+            seed=seed,
+            alpha=alpha,
+            target_macs=base_macs,
+            workers=workers,
+            resume=resume,
+            on_trial=report,
+            ray_address=ray_address,
+        )
+    finally:
+        if live is not None:
+            live.stop()
     plots = plot_search(result.trials, output)
     summary = {
         "trials": len(result.trials),
@@ -450,12 +486,13 @@ def run_search(
         from rich.table import Table
 
         table = Table(title=f"faceclean search: top combinations ({method})")
-        for col in ("trial", *TOKENS, "acc", "reward"):
-            table.add_column(col)
+        # Short headers keep all twelve columns readable in an 80-column terminal.
+        for col in ("#", "τ_in", "τ_ex", "m1", "m2", "m3", "s_p", "s_n", "D", "W", "ACC", "R"):
+            table.add_column(col, no_wrap=True)
         for t in result.top(5):
             table.add_row(
                 *[
-                    f"{t[c]:.4g}" if isinstance(t[c], float) else str(t[c])
+                    f"{t[c]:.3g}" if isinstance(t[c], float) else str(t[c])
                     for c in ("trial", *TOKENS, "acc", "reward")
                 ]
             )
