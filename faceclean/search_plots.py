@@ -36,7 +36,7 @@ def plot_search(trials: list[dict], out_dir: str | Path, top: int = 20) -> list[
     acc = np.array([t["acc"] for t in ok])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.scatter([t["trial"] for t in ok], acc, s=8, alpha=0.5, label="sampled trials")
-    window = max(1, len(acc) // 10)
+    window = max(1, min(len(acc) // 2, max(2, len(acc) // 10)))
     moving = np.convolve(acc, np.ones(window) / window, mode="valid")
     ax.plot(
         [t["trial"] for t in ok][window - 1 :],
