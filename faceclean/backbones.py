@@ -223,7 +223,7 @@ def count_macs(model: nn.Module, input_size: int | None = None) -> int:
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     model.train(was_training)
     return counter.get_total_flops() // 2
 

@@ -141,14 +141,19 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> floa
     return 0.1 ** sum(progress >= m for m in cfg.step_milestones)
 
 
-def build(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    model = create_backbone(
+def build_backbone(cfg: TrainConfig) -> nn.Module:
+    """The configured backbone, freshly initialised from torch's current RNG state."""
+    return create_backbone(
         cfg.backbone,
         width=cfg.width,
         depth=cfg.depth,
         embedding_size=cfg.embedding_size,
         input_size=cfg.input_size,
     )
+
+
+def build(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    model = build_backbone(cfg)
     head = create_head(cfg.loss, cfg.embedding_size, num_classes, **cfg.loss_kwargs)
     return model, head
 
@@ -324,7 +329,7 @@ def train(
         "steps": step,
         "num_classes": num_classes,
         "images": len(dataset),
-        "macs": count_macs(build(cfg, num_classes)[0]),
+        "macs": count_macs(model),
         "seconds": time.perf_counter() - t0,
     }
 

@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faceclean.backbones import count_macs, create_backbone
+from faceclean.backbones import count_macs
 from faceclean.clean import clean
 from faceclean.store import read_metadata
-from faceclean.train import TrainConfig, evaluate_run, train
+from faceclean.train import TrainConfig, build_backbone, evaluate_run, train
 from faceclean.verification import FARS
 
 
@@ -65,13 +65,7 @@ class FaceTrial:
         scores = evaluate_run(run, self.val, self.fars)
         tars = [scores[f"tar@far={f:g}"] for f in self.fars]
         weights = (0.5, 0.25, 0.25) if len(tars) == 3 else [1 / len(tars)] * len(tars)
-        model = create_backbone(
-            cfg.backbone,
-            width=cfg.width,
-            depth=cfg.depth,
-            embedding_size=cfg.embedding_size,
-            input_size=cfg.input_size,
-        )
+        model = build_backbone(cfg)
         clean_summary = json.loads((Path(cfg.clean_list).parent / "summary.json").read_text())
         return {
             "acc": float(sum(w * t for w, t in zip(weights, tars, strict=True))),
