@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from faceclean.search import SurrogateObjective, search
+from faceclean.search import search
 from faceclean.search_space import TOKENS, load_space
+from faceclean.surrogate import SurrogateObjective
 
 
 def top1_threshold(space, obj, n: int = 200_000, seed: int = 123) -> float:

@@ -30,95 +30,12 @@ import torch
 
 from faceclean.controller import PPO, Controller
 from faceclean.errors import FacecleanError
+from faceclean.search_methods import GaussianSearch, RayPool, tpe_study
 from faceclean.search_space import TOKENS, SearchSpace, difficulty
 from faceclean.store import atomic_path
 
 TrialFn = Callable[[dict, int], dict]
 METHODS = ("ppo", "random", "tpe", "gaussian")
-
-
-class _RayPool:
-    """Trials as Ray tasks (one GPU each when the cluster has GPUs, else one CPU): the
-    executor for a cluster. ``address="local"`` starts a private local instance."""
-
-    def __init__(self, address: str, workers: int):
-        try:
-            import ray
-        except ImportError:
-            raise FacecleanError(
-                "--ray-address needs Ray: pip install 'faceclean[search]'"
-            ) from None
-        self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            if address == "local":
-                ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        gpus = ray.cluster_resources().get("GPU", 0)
-        self.task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(_run_trial)
-
-    def submit(self, fn, *args):
-        ref = self.task.remote(*args)
-        ray = self.ray
-
-        class _Future:
-            def result(self):
-                return ray.get(ref)
-
-        return _Future()
-
-    def shutdown(self):
-        if self.started:
-            self.ray.shutdown()
-
-
-class GaussianSearch:
-    """Search-Softmax's reward-guided Gaussian search, on token indices: each token is
-    drawn from N(mu_t, sigma_t) (rounded, clipped to its choices), and after each batch
-    mu moves along the reward-weighted direction: mu += lr * mean(A_i (x_i - mu)), A the
-    standardised rewards. Meant for loss-only search (--space loss), usable on any tokens."""
-
-    def __init__(self, sizes: list[int], lr: float = 0.5, sigma: float = 0.25):
-        self.sizes = np.asarray(sizes)
-        self.mu = (self.sizes - 1) / 2.0
-        self.sigma = np.maximum(sigma * (self.sizes - 1), 1e-3)
-        self.lr = lr
-
-    def sample(self, batch: int, rng: np.random.Generator) -> np.ndarray:
-        x = rng.normal(self.mu, self.sigma, (batch, len(self.sizes)))
-        return np.clip(np.rint(x), 0, self.sizes - 1).astype(np.int64)
-
-    def update(self, tokens: np.ndarray, rewards: np.ndarray) -> None:
-        if len(rewards) < 2 or rewards.std() == 0:
-            return
-        adv = (rewards - rewards.mean()) / rewards.std()
-        self.mu = np.clip(
-            self.mu + self.lr * (adv[:, None] * (tokens - self.mu)).mean(0), 0, self.sizes - 1
-        )
-
-
-def _tpe_study(space: SearchSpace, seed: int, history: list[dict]):
-    """An Optuna TPE study over token indices, with ``history`` (finished trials) replayed."""
-    try:
-        import optuna
-    except ImportError:
-        raise FacecleanError("--method tpe needs Optuna: pip install 'faceclean[search]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dists = {
-        t: optuna.distributions.IntDistribution(0, n - 1)
-        for t, n in zip(TOKENS, space.sizes, strict=True)
-    }
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    for rec in history:
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=dict(zip(TOKENS, rec["tokens"], strict=True)),
-                distributions=dists,
-                value=rec["reward"],
-            )
-        )
-    return study, dists
 
 
 def reward(acc: float, macs: float, target_macs: float, alpha: float) -> float:
@@ -206,7 +123,7 @@ def search(
     if method == "tpe":
         # Finished steps are replayed into a fresh study; the sampler's own random state is
         # not restored, so a resumed TPE search continues well but not bit-identically.
-        study, tpe_dists = _tpe_study(space, seed, [t for t in log if t["step"] < step])
+        study, tpe_dists = tpe_study(space, seed, [t for t in log if t["step"] < step])
 
     def save_state():
         with atomic_path(state_path) as tmp:
@@ -225,7 +142,7 @@ def search(
             )
 
     if ray_address:
-        pool = _RayPool(ray_address, workers)
+        pool = RayPool(ray_address, workers, _run_trial)
     else:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
@@ -304,38 +221,6 @@ def search(
         if pool is not None:
             pool.shutdown()
     return SearchResult(run_dir, sorted(done.values(), key=lambda t: t["trial"]))
-
-
-class SurrogateObjective:
-    """A cheap objective with a known optimum and coupled tokens, for benchmarks and tests.
-
-    acc = exp(-Σ_t w_t (u_t - u*_t)^2 - c (u_data - u_loss)^2 ...) in index units u in
-    [0, 1]; the data and loss tokens interact (the best loss depends on the cleaning), as
-    the paper argues they do. macs grow with width^2 * depth.
-    """
-
-    def __init__(self, space: SearchSpace, seed: int = 0, noise: float = 0.0):
-        rng = np.random.default_rng(seed)
-        self.space = space
-        self.opt = rng.uniform(0.2, 0.8, len(TOKENS))
-        self.weights = rng.uniform(1.0, 4.0, len(TOKENS))
-        self.noise = noise
-
-    def unit(self, combo: dict) -> np.ndarray:
-        u = []
-        for t in TOKENS:
-            ch = self.space.choices[t]
-            u.append(ch.index(combo[t]) / max(1, len(ch) - 1))
-        return np.asarray(u)
-
-    def __call__(self, combo: dict, seed: int) -> dict:
-        u = self.unit(combo)
-        d = u - self.opt
-        coupled = (d[0] - d[2]) ** 2 + (d[1] + d[5]) ** 2  # data x loss interactions
-        acc = float(np.exp(-(self.weights * d**2).sum() - 3.0 * coupled))
-        if self.noise:
-            acc += float(np.random.default_rng(seed).normal(0, self.noise))
-        return {"acc": acc, "macs": combo["width"] ** 2 * combo["depth"]}
 
 
 def run_search(

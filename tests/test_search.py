@@ -11,8 +11,9 @@ import torch
 
 from faceclean.controller import PPO, Controller
 from faceclean.errors import FacecleanError
-from faceclean.search import SurrogateObjective, read_log, search
+from faceclean.search import read_log, search
 from faceclean.search_space import BASELINE, TOKENS, load_space
+from faceclean.surrogate import SurrogateObjective
 
 
 def test_controller_learns_to_prefer_rewarded_tokens():
@@ -104,7 +105,8 @@ def test_failing_trials_are_logged_and_the_search_goes_on(tmp_path):
 
 SCRIPT = """
 import sys, time
-from faceclean.search import search, SurrogateObjective
+from faceclean.search import search
+from faceclean.surrogate import SurrogateObjective
 from faceclean.search_space import load_space
 space = load_space()
 obj = SurrogateObjective(space, seed=1)

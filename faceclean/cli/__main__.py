@@ -1,0 +1,3 @@
+from faceclean.cli import main
+
+main()

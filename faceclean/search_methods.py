@@ -1,0 +1,94 @@
+"""Samplers and executors of the search besides the PPO controller: Search-Softmax's
+Gaussian search, Optuna TPE, and Ray tasks for running trials on a cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from faceclean.errors import FacecleanError
+from faceclean.search_space import TOKENS, SearchSpace
+
+
+class RayPool:
+    """Trials as Ray tasks (one GPU each when the cluster has GPUs, else one CPU): the
+    executor for a cluster. ``address="local"`` starts a private local instance; ``run``
+    is the function each task runs."""
+
+    def __init__(self, address: str, workers: int, run):
+        try:
+            import ray
+        except ImportError:
+            raise FacecleanError(
+                "--ray-address needs Ray: pip install 'faceclean[search]'"
+            ) from None
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            if address == "local":
+                ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self.task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(run)
+
+    def submit(self, fn, *args):
+        ref = self.task.remote(*args)
+        ray = self.ray
+
+        class _Future:
+            def result(self):
+                return ray.get(ref)
+
+        return _Future()
+
+    def shutdown(self):
+        if self.started:
+            self.ray.shutdown()
+
+
+class GaussianSearch:
+    """Search-Softmax's reward-guided Gaussian search, on token indices: each token is
+    drawn from N(mu_t, sigma_t) (rounded, clipped to its choices), and after each batch
+    mu moves along the reward-weighted direction: mu += lr * mean(A_i (x_i - mu)), A the
+    standardised rewards. Meant for loss-only search (--space loss), usable on any tokens."""
+
+    def __init__(self, sizes: list[int], lr: float = 0.5, sigma: float = 0.25):
+        self.sizes = np.asarray(sizes)
+        self.mu = (self.sizes - 1) / 2.0
+        self.sigma = np.maximum(sigma * (self.sizes - 1), 1e-3)
+        self.lr = lr
+
+    def sample(self, batch: int, rng: np.random.Generator) -> np.ndarray:
+        x = rng.normal(self.mu, self.sigma, (batch, len(self.sizes)))
+        return np.clip(np.rint(x), 0, self.sizes - 1).astype(np.int64)
+
+    def update(self, tokens: np.ndarray, rewards: np.ndarray) -> None:
+        if len(rewards) < 2 or rewards.std() == 0:
+            return
+        adv = (rewards - rewards.mean()) / rewards.std()
+        self.mu = np.clip(
+            self.mu + self.lr * (adv[:, None] * (tokens - self.mu)).mean(0), 0, self.sizes - 1
+        )
+
+
+def tpe_study(space: SearchSpace, seed: int, history: list[dict]):
+    """An Optuna TPE study over token indices, with ``history`` (finished trials) replayed."""
+    try:
+        import optuna
+    except ImportError:
+        raise FacecleanError("--method tpe needs Optuna: pip install 'faceclean[search]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {
+        t: optuna.distributions.IntDistribution(0, n - 1)
+        for t, n in zip(TOKENS, space.sizes, strict=True)
+    }
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    for rec in history:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=dict(zip(TOKENS, rec["tokens"], strict=True)),
+                distributions=dists,
+                value=rec["reward"],
+            )
+        )
+    return study, dists
