@@ -228,14 +228,18 @@ def read_rec(rec_path: str | Path, idx_path: str | Path | None = None) -> FaceDa
     )
 
 
-def read_image_bytes(root: str | Path, path: str, _cache: dict = {}) -> bytes:  # noqa: B006
+# Open .rec readers by file, so that reading many images does not re-parse the .idx.
+_REC_READERS: dict[Path, RecordReader] = {}
+
+
+def read_image_bytes(root: str | Path, path: str) -> bytes:
     """The encoded bytes of one stored ``path`` (relative to ``root``, or ``file.rec#key``)."""
     name, sep, key = path.rpartition("#")
     if sep and name.endswith(".rec") and key.isdigit():
         rec_path = Path(root) / name
-        reader = _cache.get(rec_path)
+        reader = _REC_READERS.get(rec_path)
         if reader is None:
-            reader = _cache[rec_path] = RecordReader(rec_path)
+            reader = _REC_READERS[rec_path] = RecordReader(rec_path)
         return unpack(reader.read(int(key)))[1]
     with open(Path(root) / path, "rb") as f:
         return f.read()
