@@ -127,6 +127,7 @@ def clean(
     data_root: str | Path | None = None,
     device: str = "auto",
     batch_rows: int = 65536,
+    backend: str = "auto",
 ) -> CleanResult:
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
@@ -151,6 +152,7 @@ def clean(
         loo_below=loo_below,
         batch_rows=batch_rows,
         device=device,
+        backend=backend,
         overwrite=True,
     )
     mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
@@ -179,7 +181,7 @@ def clean(
         "largest_groups": mr.groups[:10],
         "clean_rows": rows,
         "clean_classes": int(mapping.max() + 1) if (mapping >= 0).any() else 0,
-        "faiss_device": fr.device,
+        "search_backend": fr.device,
     }
     with atomic_path(paths["summary"]) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))

@@ -71,7 +71,14 @@ _device = click.option(
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
     show_default=True,
-    help="FAISS device; auto uses every GPU it sees.",
+    help="auto uses every GPU FAISS sees; cpu or cuda to insist.",
+)
+_backend = click.option(
+    "--backend",
+    type=click.Choice(["auto", "blas", "faiss"]),
+    default="auto",
+    show_default=True,
+    help="Hardest-negative search: auto = FAISS on GPU, blocked BLAS on CPU (faster there).",
 )
 _batch_rows = click.option(
     "--batch-rows",

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from faceclean.cli import _batch_rows, _device, _loo, _sibling, _summary_table, _write_tables, main
+from faceclean.cli import (
+    _backend,
+    _batch_rows,
+    _device,
+    _loo,
+    _sibling,
+    _summary_table,
+    _write_tables,
+    main,
+)
 
 
 @main.command("filter")
@@ -26,9 +35,10 @@ from faceclean.cli import _batch_rows, _device, _loo, _sibling, _summary_table, 
 )
 @_loo
 @_device
+@_backend
 @_batch_rows
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-def filter_cmd(embeddings, tau_intra, output, loo_below, device, batch_rows, overwrite):
+def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_rows, overwrite):
     """Score each sample: D = cos(own centroid) / cos(hardest negative centroid).
 
     Writes path, label, identity, cos_pos, hardest_negative, cos_neg, discriminability and
@@ -43,6 +53,7 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, batch_rows, ove
         loo_below=loo_below,
         batch_rows=batch_rows,
         device=device,
+        backend=backend,
         overwrite=overwrite,
     )
     _summary_table(
@@ -55,7 +66,7 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, batch_rows, ove
             "classes": r.num_classes,
             "classes emptied": r.num_emptied,
             "singleton classes": r.num_singletons,
-            "FAISS": r.device,
+            "search backend": r.device,
         },
     )
 
@@ -147,6 +158,7 @@ def merge_cmd(
 )
 @_loo
 @_device
+@_backend
 @_batch_rows
 def clean_cmd(
     embeddings,
@@ -158,6 +170,7 @@ def clean_cmd(
     output,
     loo_below,
     device,
+    backend,
     batch_rows,
 ):
     """Filter, merge and write the clean list that `faceclean train` reads."""
@@ -174,6 +187,7 @@ def clean_cmd(
         data_root=data,
         device=device,
         batch_rows=batch_rows,
+        backend=backend,
     )
     s = {k: v for k, v in r.summary.items() if k != "largest_groups"}
     s["clean list"] = str(r.outputs["clean"])
