@@ -233,15 +233,15 @@ def extract(
 
     bar = RowProgress(progress, "extract", n, resumed, unit="img")
     pending = [c for c in range(n_chunks) if c not in done]
-    batches = [
-        (c, np.arange(s, min(s + batch_size, (c + 1) * chunk_size, n)))
+    bounds = {c: (c * chunk_size, min((c + 1) * chunk_size, n)) for c in pending}
+    # A generator, not a list: 42M images would otherwise hold 650K index arrays at once.
+    batches = (
+        (c, np.arange(s, min(s + batch_size, bounds[c][1])))
         for c in pending
-        for s in range(c * chunk_size, min((c + 1) * chunk_size, n), batch_size)
-    ]
+        for s in range(*bounds[c], batch_size)
+    )
     per_chunk: dict[int, list] = {c: [] for c in pending}
-    remaining = {c: 0 for c in pending}
-    for c, _ in batches:
-        remaining[c] += 1
+    remaining = {c: -(-(e - s) // batch_size) for c, (s, e) in bounds.items()}
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
             inflight: deque = deque()
