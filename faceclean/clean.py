@@ -27,7 +27,7 @@ from faceclean.errors import FacecleanError
 from faceclean.filter import FilterResult, filter_store
 from faceclean.merge import MergeResult, merge_classes
 from faceclean.recordio import write_face_rec
-from faceclean.store import atomic_path, iter_row_groups, read_metadata
+from faceclean.store import as_paths, atomic_path, iter_row_groups, read_metadata
 
 FORMATS = ("parquet", "lst", "rec")
 
@@ -116,7 +116,7 @@ class CleanResult:
 
 
 def clean(
-    embeddings: str | Path,
+    embeddings: str | Path | list,
     output_dir: str | Path,
     tau_intra: float = 0.3,
     tau_inter: float = 0.62,
@@ -131,10 +131,12 @@ def clean(
 ) -> CleanResult:
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
+    ``embeddings`` is one store or a list of shards (one label space, one dimension).
+
     Merging uses centroids of the kept samples only, from the sums the filter pass
     already has, so the whole clean reads the embeddings twice (sums, then scores).
     """
-    embeddings, out = Path(embeddings), Path(output_dir)
+    embeddings, out = as_paths(embeddings), Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "scores": out / "scores.parquet",
@@ -144,7 +146,7 @@ def clean(
         "summary": out / "summary.json",
     }
     if data_root is None and fmt == "rec":
-        data_root = read_metadata(embeddings).get("dataset")
+        data_root = read_metadata(embeddings[0]).get("dataset")
     fr = filter_store(
         embeddings,
         tau_intra,
@@ -164,7 +166,7 @@ def clean(
         paths["scores"], mapping, paths["clean"], fmt, Path(data_root) if data_root else None
     )
     summary = {
-        "embeddings": str(embeddings),
+        "embeddings": [str(e) for e in embeddings],
         "tau_intra": tau_intra,
         "tau_inter": tau_inter,
         "max_group_size": max_group_size,

@@ -32,7 +32,7 @@ def _aligned_noise(scores: pa.Table, truth: pa.Table, truth_path: Path) -> np.nd
 
 
 def sweep(
-    embeddings: Path,
+    embeddings: list,
     scores: pa.Table,
     noise: np.ndarray,
     pairs: set,
@@ -106,7 +106,7 @@ def evaluate_clean_dir(
     pairs = split_pairs(truth)
     result = evaluate(scores["keep"].to_numpy(zero_copy_only=False), noise, merged, pairs)
     if do_sweep:
-        table = sweep(Path(summary["embeddings"]), scores, noise, pairs, summary["tau_intra"])
+        table = sweep(summary["embeddings"], scores, noise, pairs, summary["tau_intra"])
         with atomic_path(clean_dir / "sweep.csv") as tmp:
             pacsv.write_csv(table, tmp)
         plot_sweep(table, clean_dir / "sweep.png")

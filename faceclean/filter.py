@@ -31,14 +31,20 @@ import pyarrow.parquet as pq
 from faceclean.errors import FacecleanError
 from faceclean.faiss_backend import InnerProductIndex
 from faceclean.progress import RowProgress
-from faceclean.store import atomic_path, iter_embeddings, open_store
+from faceclean.store import as_paths, atomic_path, iter_embeddings, open_stores
 
 EPS = 1e-6
 SCORE_COLUMNS = ("cos_pos", "hardest_negative", "cos_neg", "discriminability", "keep")
 
 
-def _checked_batches(path: Path, columns, batch_rows: int) -> Iterator[dict]:
-    """Stream a store, refusing NaN/inf and zero-norm embeddings and negative labels."""
+def _checked_batches(paths, columns, batch_rows: int) -> Iterator[dict]:
+    """Stream one or several stores, refusing NaN/inf and zero-norm embeddings and negative
+    labels with an error naming the file and row."""
+    for path in as_paths(paths):
+        yield from _checked_file(path, columns, batch_rows)
+
+
+def _checked_file(path: Path, columns, batch_rows: int) -> Iterator[dict]:
     start = 0
     for batch in iter_embeddings(path, columns, batch_rows):
         emb, labels = batch["embedding"], batch["label"]
@@ -59,13 +65,14 @@ def _checked_batches(path: Path, columns, batch_rows: int) -> Iterator[dict]:
         yield batch
 
 
-def class_sums(path: str | Path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def class_sums(path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Per-class embedding sums and counts, streaming: (float64 [K, d], int64 [K]).
 
+    ``path`` is one embedding store or a list of shards (same dimension, one label space).
     K is the largest label + 1; labels that never occur have count 0 and a zero sum.
     """
-    path = Path(path)
-    dim = open_store(path).schema_arrow.field("embedding").type.list_size
+    stores = open_stores(path)
+    dim = stores[0][1].schema_arrow.field("embedding").type.list_size
     sums = np.zeros((0, dim), np.float64)
     counts = np.zeros(0, np.int64)
     for batch in _checked_batches(path, ("label", "embedding"), batch_rows):
@@ -134,7 +141,7 @@ class FilterResult:
 
 
 def score_batches(
-    path: str | Path,
+    path: str | Path | list,
     sums: np.ndarray,
     counts: np.ndarray,
     loo_below: int = 10,
@@ -143,12 +150,13 @@ def score_batches(
     columns: tuple[str, ...] = ("path", "label", "identity", "embedding"),
     backend: str = "auto",
 ) -> Iterator[tuple[dict, dict]]:
-    """Yield (input batch, score columns) for every batch of the store; see module doc."""
-    path = Path(path)
+    """Yield (input batch, score columns) for every batch of the store(s); see module doc."""
+    path = as_paths(path)
     present = np.flatnonzero(counts > 0)
     if len(present) < 2:
         raise FacecleanError(
-            f"has {len(present)} class(es); filtering needs at least two to find negatives", path
+            f"has {len(present)} class(es); filtering needs at least two to find negatives",
+            path[0] if len(path) == 1 else ", ".join(p.name for p in path),
         )
     centroids = normalise_rows(sums).astype(np.float32)
     index = InnerProductIndex(centroids[present], device, backend)
@@ -186,7 +194,7 @@ def score_batches(
 
 
 def filter_store(
-    path: str | Path,
+    path: str | Path | list,
     tau_intra: float = 0.3,
     output: str | Path | None = None,
     *,
@@ -200,7 +208,8 @@ def filter_store(
     """Score every sample of an embedding store and keep those with D >= ``tau_intra``.
 
     Args:
-        path: embedding store (see :mod:`faceclean.store`).
+        path: embedding store (see :mod:`faceclean.store`), or a list of shards that share
+            one embedding dimension and one label space.
         tau_intra: threshold on discriminability (paper: 0.3; useful range ~0.1-0.5).
         output: scores Parquet to write (columns ``path``, ``label``, ``identity``,
             ``cos_pos``, ``hardest_negative``, ``cos_neg``, ``discriminability``, ``keep``).
@@ -215,7 +224,7 @@ def filter_store(
         A :class:`FilterResult`. Two streaming passes over the store; memory holds the
         K x d centroid sums and one batch, never N x d.
     """
-    path = Path(path)
+    path = as_paths(path)
     output = Path(output) if output is not None else None
     if output is not None and output.exists() and not overwrite:
         raise FacecleanError("output already exists; pass --overwrite to replace it", output)
@@ -234,7 +243,7 @@ def filter_store(
             ("keep", pa.bool_()),
         ]
     )
-    has_identity = "identity" in open_store(path).schema_arrow.names
+    has_identity = all("identity" in pf.schema_arrow.names for _, pf in open_stores(path))
     columns = (
         ("path", "label", "identity", "embedding")
         if has_identity

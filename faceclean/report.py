@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from faceclean.datasets import read_image_bytes
 from faceclean.errors import FacecleanError
 from faceclean.preprocess import decode_image
-from faceclean.store import atomic_path, read_metadata
+from faceclean.store import as_paths, atomic_path, read_metadata
 
 THUMB = 96
 
@@ -168,7 +168,7 @@ def write_report(clean_dir: str | Path, data_root: str | Path | None = None) -> 
             tmp,
         )
 
-    root = data_root or read_metadata(summary["embeddings"]).get("dataset")
+    root = data_root or read_metadata(as_paths(summary["embeddings"])[0]).get("dataset")
     if root and Path(root).exists():
         out["contact_sheet"] = clean_dir / "contact_sheet.png"
         _contact_sheet(scores, Path(root), out["contact_sheet"])
@@ -176,9 +176,10 @@ def write_report(clean_dir: str | Path, data_root: str | Path | None = None) -> 
     out["html"] = clean_dir / "report.html"
     top = drops.slice(0, 20).to_pylist()
     groups = summary.get("largest_groups", [])
+    sources = ", ".join(map(str, as_paths(summary["embeddings"])))
     parts = [
         "<html><head><meta charset='utf-8'><title>faceclean report</title></head><body>",
-        f"<h1>faceclean clean: {html.escape(summary['embeddings'])}</h1>",
+        f"<h1>faceclean clean: {html.escape(sources)}</h1>",
         "<table>"
         + "".join(
             f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"

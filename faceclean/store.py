@@ -123,6 +123,30 @@ def open_store(path: str | Path) -> pq.ParquetFile:
     return pf
 
 
+def as_paths(paths) -> list[Path]:
+    """One path or several (the shards of a sharded extraction) as a list of Paths."""
+    if isinstance(paths, str | Path):
+        return [Path(paths)]
+    out = [Path(p) for p in paths]
+    if not out:
+        raise FacecleanError("no embedding file given")
+    return out
+
+
+def open_stores(paths) -> list[tuple[Path, pq.ParquetFile]]:
+    """Open one or several embedding stores that must share one embedding dimension."""
+    stores = [(p, open_store(p)) for p in as_paths(paths)]
+    first, first_pf = stores[0]
+    dim = first_pf.schema_arrow.field("embedding").type.list_size
+    for p, pf in stores[1:]:
+        other = pf.schema_arrow.field("embedding").type.list_size
+        if other != dim:
+            raise FacecleanError(
+                f"embedding dimension {other} does not match {dim} of {first.name}", p
+            )
+    return stores
+
+
 def iter_row_groups(pf: pq.ParquetFile, columns: list[str], batch_rows: int) -> Iterator:
     """Record batches of at most ``batch_rows``, reading one row group at a time.
 

@@ -272,3 +272,27 @@ def test_report_files(tmp_path, faces, tiny_model):
     assert counts == sorted(counts, reverse=True)
     page = out["html"].read_text()
     assert "Discriminability" in page and "contact_sheet.png" in page
+
+
+def test_shards_equal_one_store_and_mismatched_dimensions_are_named(noisy_store, tmp_path):
+    path, ns = noisy_store
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, 300), tmp_path / "shard-0.parquet")
+    pq.write_table(table.slice(300), tmp_path / "shard-1.parquet")
+    shards = [tmp_path / "shard-0.parquet", tmp_path / "shard-1.parquet"]
+    whole = filter_store(path, 0.3)
+    split = filter_store(shards, 0.3)
+    assert split.scores["keep"].equals(whole.scores["keep"])
+    assert np.allclose(split.kept_sums, whole.kept_sums, atol=1e-5)
+    x, y = clustered_embeddings(3, 4, 16)
+    other = _store(tmp_path, x, y, "dim16.parquet")
+    with pytest.raises(
+        FacecleanError,
+        match=r"dim16\.parquet: embedding dimension 16 does not "
+        r"match 64 of shard-0\.parquet",
+    ):
+        clean([*shards, other], tmp_path / "out")
+    assert not (tmp_path / "out" / "scores.parquet").exists()
+    r = CliRunner().invoke(main, ["clean", *map(str, shards), "-o", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(tmp_path / "cli" / "scores.parquet").num_rows == table.num_rows

@@ -19,7 +19,7 @@ from faceclean.cli import (
 
 
 @main.command("filter")
-@click.argument("embeddings", type=click.Path(path_type=Path))
+@click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--tau-intra",
     default=0.3,
@@ -40,6 +40,8 @@ from faceclean.cli import (
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_rows, overwrite):
     """Score each sample: D = cos(own centroid) / cos(hardest negative centroid).
+
+    EMBEDDINGS is one embedding store or several shards of one (same dimension, labels).
 
     Writes path, label, identity, cos_pos, hardest_negative, cos_neg, discriminability and
     keep (D >= tau_intra; singletons are kept with D = NaN).
@@ -72,7 +74,7 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
 
 
 @main.command("merge")
-@click.argument("embeddings", type=click.Path(path_type=Path))
+@click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--tau-inter",
     default=0.62,
@@ -132,7 +134,7 @@ def merge_cmd(
 
 
 @main.command("clean")
-@click.argument("embeddings", type=click.Path(path_type=Path))
+@click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--tau-intra", default=0.3, show_default=True, help="Filter threshold on D.")
 @click.option("--tau-inter", default=0.62, show_default=True, help="Merge threshold.")
 @click.option("--max-group-size", default=0, show_default=True, help="Chain guard (0: off).")
