@@ -38,6 +38,12 @@ def num_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
+def _block_rows(n_queries: int, n_vectors: int) -> int:
+    """Query rows per matrix product: a ~256 MB similarity buffer, 16 to 2048 rows (2048
+    rows x 85K classes would need 700 MB; x 2M classes, 16 GB)."""
+    return max(1, min(n_queries, max(16, min(2048, (1 << 28) // (4 * n_vectors)))))
+
+
 def _blocks(n: int, block: int):
     for s in range(0, n, block):
         yield s, min(s + block, n)
@@ -85,7 +91,7 @@ class InnerProductIndex:
             return self.index.search(queries, k)
         sims = np.empty((len(queries), k), np.float32)
         pos = np.empty((len(queries), k), np.int64)
-        buf = np.empty((min(len(queries), 2048), self.size), np.float32)
+        buf = np.empty((_block_rows(len(queries), self.size), self.size), np.float32)
         for s, e in _blocks(len(queries), len(buf)):
             block = np.matmul(queries[s:e], self.vectors_t, out=buf[: e - s])
             if k == 1:
@@ -113,7 +119,7 @@ class InnerProductIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         sims = np.empty(len(queries), np.float32)
         pos = np.empty(len(queries), np.int64)
-        buf = np.empty((min(len(queries), 2048), self.size), np.float32)
+        buf = np.empty((_block_rows(len(queries), self.size), self.size), np.float32)
         for s, e in _blocks(len(queries), len(buf)):
             block = np.matmul(queries[s:e], self.vectors_t, out=buf[: e - s])
             rows = np.flatnonzero(exclude[s:e] >= 0)
