@@ -31,6 +31,7 @@ from faceclean.losses import PartialFC, create_head
 from faceclean.preprocess import PRESETS, Preprocessing, load_pixels, normalise
 from faceclean.progress import RowProgress
 from faceclean.store import atomic_path
+from faceclean.teacher import TeacherFilter
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TrainConfig:
     loss: str = "unified"
     loss_kwargs: dict = field(default_factory=dict)
     sample_rate: float = 1.0
+    teacher: str | None = None
+    teacher_topk: int = 5
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 64
@@ -226,6 +229,11 @@ def train(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     criterion = PartialFC(head, cfg.sample_rate, cfg.seed) if cfg.sample_rate < 1 else head
+    teacher = (
+        TeacherFilter(cfg.teacher, cfg.teacher_topk, num_classes, cfg.input_size, device)
+        if cfg.teacher
+        else None
+    )
     params = list(model.parameters()) + list(head.parameters())
     optimiser = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -272,7 +280,7 @@ def train(
             )
         net.train()
         head.train()
-        losses, seen, t_epoch = [], 0, time.perf_counter()
+        losses, seen, passed, t_epoch = [], 0, 0, time.perf_counter()
         for x, y in loader:
             if step >= total:
                 break
@@ -283,6 +291,15 @@ def train(
                 x = x.to(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                 emb = net(x)
+            if teacher is not None:
+                keep = teacher.mask(x, y)
+                passed += int(keep.sum())
+                if not keep.any():  # nothing the teacher trusts: no update this step
+                    seen += len(y)
+                    step += 1
+                    bar.advance(1)
+                    continue
+                emb, y = emb[keep], y[keep]
             loss = criterion(emb.float(), y)
             if not torch.isfinite(loss):
                 raise FacecleanError(
@@ -294,7 +311,7 @@ def train(
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
-            seen += len(y)
+            seen += len(x)
             step += 1
             bar.advance(1)
         epoch += 1
@@ -305,6 +322,8 @@ def train(
             "images_per_second": seen / max(time.perf_counter() - t_epoch, 1e-9),
             "lr": optimiser.param_groups[0]["lr"],
         }
+        if teacher is not None:
+            record["teacher_kept"] = passed / max(seen, 1)
         if not distributed or torch.distributed.get_rank() == 0:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -214,3 +214,39 @@ def test_torchrun_ddp_on_cpu(sets, tmp_path):
     # 360 images, 2 processes x 16 per step: 11 steps per epoch, written once (rank 0).
     assert [r["step"] for r in lines] == [11, 22]
     assert lines[-1]["lr"] < 0.01  # the schedule ran to its end
+
+
+def test_teacher_topk_filter_rejects_flipped_labels(sets, tmp_path):
+    import json
+
+    from faceclean.teacher import TeacherFilter
+
+    train_dir, _ = sets
+    train(config(train_dir, epochs=6), tmp_path / "teacher")
+    cfg = config(train_dir)
+    ds = open_dataset(train_dir)
+    images = FaceImages(ds.paths.to_pylist(), ds.labels, ds.root, spec_for(cfg), False)
+    x = torch.stack([images[i][0] for i in range(0, 360, 6)])  # 60 images, 2 per identity
+    y = torch.as_tensor(ds.labels[0:360:6])
+    flipped = (y + 7) % 30
+    teacher = TeacherFilter(tmp_path / "teacher", 1, 30, 56, torch.device("cpu"))
+    assert teacher.mask(x, y).float().mean() > 0.8
+    assert teacher.mask(x, flipped).float().mean() < 0.2
+    # A list with 20% flipped labels, trained with the teacher: the log says how many passed.
+    lines = [
+        f"{p} {lab if i % 5 else (lab + 7) % 30}"
+        for i, (p, lab) in enumerate(zip(ds.paths.to_pylist(), ds.labels, strict=True))
+    ]
+    (train_dir.parent / "noisy.lst").write_text("\n".join(lines) + "\n")
+    student = config(
+        train_dir.parent / "noisy.lst",
+        data_root=str(train_dir),
+        epochs=1,
+        teacher=str(tmp_path / "teacher"),
+        teacher_topk=1,
+    )
+    train(student, tmp_path / "student")
+    record = json.loads((tmp_path / "student" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.6 < record["teacher_kept"] < 0.9  # ~80% clean labels pass, flips do not
+    with pytest.raises(FacecleanError, match="teacher has 30 classes"):
+        TeacherFilter(tmp_path / "teacher", 1, 31, 56, torch.device("cpu"))

@@ -51,6 +51,13 @@ from faceclean.cli import FacecleanError, _summary_table, main
     show_default=True,
     help="Partial-FC share of negative classes per step.",
 )
+@click.option(
+    "--teacher",
+    type=click.Path(path_type=Path),
+    help="LATSE: a trained run over the same labels; a sample trains the student only when "
+    "its label is in the teacher's top-k.",
+)
+@click.option("--teacher-topk", default=5, show_default=True)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--max-steps", type=int, help="Stop after this many steps.")
 @click.option("--batch-size", default=64, show_default=True)
@@ -92,6 +99,8 @@ def train_cmd(
     s_n,
     loss_arg,
     sample_rate,
+    teacher,
+    teacher_topk,
     epochs,
     max_steps,
     batch_size,
@@ -119,20 +128,22 @@ def train_cmd(
         except ValueError:
             raise click.BadParameter(f"{item!r}: expected KEY=NUMBER") from None
     cfg = TrainConfig(
-        str(clean_list),
-        str(data) if data else None,
-        backbone,
-        width,
-        depth,
-        embedding_size,
-        input_size,
-        loss,
-        kwargs,
-        sample_rate,
-        epochs,
-        max_steps,
-        batch_size,
-        lr,
+        clean_list=str(clean_list),
+        data_root=str(data) if data else None,
+        backbone=backbone,
+        width=width,
+        depth=depth,
+        embedding_size=embedding_size,
+        input_size=input_size,
+        loss=loss,
+        loss_kwargs=kwargs,
+        sample_rate=sample_rate,
+        teacher=str(teacher) if teacher else None,
+        teacher_topk=teacher_topk,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
         warmup_epochs=warmup_epochs,
         schedule=schedule,
         seed=seed,
