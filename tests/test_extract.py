@@ -286,3 +286,21 @@ def test_real_model_on_orl_faces_has_real_structure(tmp_path):
     off = ~np.eye(len(labels), dtype=bool)
     assert sims[same & off].mean() > sims[~same].mean() + 0.3
     assert json.loads(pq.read_schema(out).metadata[b"faceclean"])["model_sha256"]
+
+
+def test_extract_from_an_insightface_rec_equals_the_folder(faces, tiny_model, tmp_path):
+    from faceclean.recordio import write_face_rec
+
+    items = [
+        (k, p.read_bytes())
+        for k, d in enumerate(sorted(faces.iterdir()))
+        for p in sorted(d.iterdir())
+    ]
+    write_face_rec(tmp_path / "train.rec", items)
+    from_rec = extract(tmp_path / "train.rec", tiny_model, tmp_path / "rec.parquet")
+    assert from_rec.num_written == 48
+    table = pq.read_table(tmp_path / "rec.parquet")
+    assert table["path"][0].as_py() == "train.rec#1" and table["identity"][47].as_py() == "7"
+    ref = extract(faces, tiny_model).table
+    assert np.abs(arrays(table)[0] - arrays(ref)[0]).max() < 1e-6
+    assert (arrays(table)[1] == arrays(ref)[1]).all()
