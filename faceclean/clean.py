@@ -105,6 +105,14 @@ def write_clean_list(
     return rows
 
 
+def read_clean_summary(clean_dir: Path) -> dict:
+    """``summary.json`` of a `faceclean clean` folder; a clear error if it is not one."""
+    path = Path(clean_dir) / "summary.json"
+    if not path.is_file():
+        raise FacecleanError("not a `faceclean clean` output (no summary.json)", clean_dir)
+    return json.loads(path.read_text())
+
+
 @dataclass
 class CleanResult:
     filter: FilterResult

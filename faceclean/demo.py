@@ -113,7 +113,7 @@ def run_demo(
     from faceclean.extract import extract
     from faceclean.noise import evaluate, inject_noise, split_pairs
     from faceclean.search import run_search
-    from faceclean.store import atomic_path, iter_embeddings
+    from faceclean.store import iter_embeddings, write_tables
     from faceclean.synthetic import make_face_folder
     from faceclean.train import TrainConfig, train
 
@@ -160,9 +160,7 @@ def run_demo(
     )
     noisy = inject_noise(pq.read_table(emb), flip=0.08, outlier=0.05, split=0.05, seed=seed)
     noisy_path, truth_path = output / "noisy.parquet", output / "noisy.truth.parquet"
-    for table, path in ((noisy.table, noisy_path), (noisy.truth, truth_path)):
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
+    write_tables((noisy.table, noisy_path), (noisy.truth, truth_path))
     counts = {c["values"]: c["counts"] for c in noisy.truth["noise"].value_counts().to_pylist()}
     console.print(f"4. injected known noise: {counts}")
     cleaned = clean(noisy_path, output / "cleaned", 0.3, 0.62)

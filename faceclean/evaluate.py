@@ -3,7 +3,6 @@ sweep of both thresholds written as a table and a precision-recall plot."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from faceclean.clean import read_clean_summary
 from faceclean.errors import FacecleanError
 from faceclean.filter import filter_store
 from faceclean.merge import merge_classes
@@ -92,10 +92,7 @@ def evaluate_clean_dir(
     ``sweep.csv`` and ``sweep.png`` (precision/recall/F1 against each threshold) there.
     """
     clean_dir, truth_path = Path(clean_dir), Path(truth_path)
-    summary_path = clean_dir / "summary.json"
-    if not summary_path.is_file():
-        raise FacecleanError("not a `faceclean clean` output (no summary.json)", clean_dir)
-    summary = json.loads(summary_path.read_text())
+    summary = read_clean_summary(clean_dir)
     scores = pq.read_table(clean_dir / "scores.parquet")
     truth = pq.read_table(truth_path)
     noise = _aligned_noise(scores, truth, truth_path)

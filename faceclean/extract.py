@@ -29,7 +29,7 @@ from faceclean.errors import FacecleanError
 from faceclean.onnx_model import FaceModel
 from faceclean.preprocess import PRESETS, Preprocessing, load_pixels, normalise
 from faceclean.progress import RowProgress
-from faceclean.store import atomic_path, embedding_schema, embedding_table
+from faceclean.store import atomic_path, embedding_schema, embedding_table, sibling
 
 PART_KEY = b"faceclean.part"
 
@@ -154,11 +154,6 @@ def _embed(model: FaceModel, x: np.ndarray, flip: bool) -> tuple[np.ndarray, np.
         return feats / length, norms
 
 
-def failures_path_for(output: Path) -> Path:
-    """Where the per-image faults of ``output`` are listed (tab-separated)."""
-    return output.with_name(output.name.removesuffix(".parquet") + ".failures.tsv")
-
-
 def extract(
     data: str | Path | FaceDataset,
     model: str | Path | FaceModel,
@@ -276,7 +271,7 @@ def extract(
                         on_chunk(c)
     finally:
         bar.close()
-    table, stats = store.finish(n_chunks, failures_path_for(output) if output else None)
+    table, stats = store.finish(n_chunks, sibling(output, ".failures.tsv") if output else None)
     return ExtractResult(
         output=output,
         table=table,

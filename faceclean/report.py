@@ -11,7 +11,6 @@ them together.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from faceclean.clean import read_clean_summary
 from faceclean.datasets import read_image_bytes
-from faceclean.errors import FacecleanError
 from faceclean.preprocess import decode_image
 from faceclean.store import as_paths, atomic_path, read_metadata
 
@@ -103,10 +102,7 @@ def write_report(clean_dir: str | Path, data_root: str | Path | None = None) -> 
             embeddings record; the sheet is skipped when its images cannot be found].
     """
     clean_dir = Path(clean_dir)
-    summary_path = clean_dir / "summary.json"
-    if not summary_path.is_file():
-        raise FacecleanError("not a `faceclean clean` output (no summary.json)", clean_dir)
-    summary = json.loads(summary_path.read_text())
+    summary = read_clean_summary(clean_dir)
     scores = pq.read_table(clean_dir / "scores.parquet")
     out = {
         "histogram": clean_dir / "discriminability.png",

@@ -86,6 +86,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def sibling(path: Path, suffix: str) -> Path:
+    """``x.parquet`` -> ``x<suffix>``: where a file's companions (truth, pairs, failures) go."""
+    return path.with_name(path.name.removesuffix(".parquet") + suffix)
+
+
+def write_tables(*pairs: tuple[pa.Table, Path]) -> None:
+    """Write each (table, path) as Parquet, each atomically."""
+    for table, path in pairs:
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+
+
 def read_metadata(path: str | Path) -> dict:
     """The ``faceclean`` metadata of an embedding store (empty dict if absent)."""
     meta = pq.read_schema(path).metadata or {}

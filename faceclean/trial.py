@@ -7,12 +7,11 @@ cached by that pair and shared by every trial that samples it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from faceclean.backbones import count_macs
-from faceclean.clean import clean
+from faceclean.clean import clean, read_clean_summary
 from faceclean.store import read_metadata
 from faceclean.train import TrainConfig, build_backbone, evaluate_run, train
 from faceclean.verification import FARS
@@ -66,7 +65,7 @@ class FaceTrial:
         tars = [scores[f"tar@far={f:g}"] for f in self.fars]
         weights = (0.5, 0.25, 0.25) if len(tars) == 3 else [1 / len(tars)] * len(tars)
         model = build_backbone(cfg)
-        clean_summary = json.loads((Path(cfg.clean_list).parent / "summary.json").read_text())
+        clean_summary = read_clean_summary(Path(cfg.clean_list).parent)
         return {
             "acc": float(sum(w * t for w, t in zip(weights, tars, strict=True))),
             "tars": {f"{f:g}": t for f, t in zip(self.fars, tars, strict=True)},

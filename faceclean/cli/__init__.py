@@ -6,7 +6,6 @@ their own (extract, clean, train, search), registered on import at the bottom.""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -100,20 +99,6 @@ def _summary_table(title: str, rows: dict) -> None:
         plain_int = isinstance(v, int) and not isinstance(v, bool)
         table.add_row(str(k), f"{v:,}" if plain_int else str(v))
     console.print(table)
-
-
-def _write_tables(*pairs) -> None:
-    import pyarrow.parquet as pq
-
-    from faceclean.store import atomic_path
-
-    for table, path in pairs:
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-
-
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name.removesuffix(".parquet") + suffix)
 
 
 # Registering the commands; they import the group and helpers defined above.

@@ -11,11 +11,10 @@ from faceclean.cli import (
     _batch_rows,
     _device,
     _loo,
-    _sibling,
     _summary_table,
-    _write_tables,
     main,
 )
+from faceclean.store import sibling, write_tables
 
 
 @main.command("filter")
@@ -118,8 +117,8 @@ def merge_cmd(
         )
         sums, counts = fr.kept_sums, fr.kept_counts
     mr = merge_classes(sums, counts, tau_inter, max_group_size, device)
-    pairs_path = _sibling(output, ".pairs.parquet")
-    _write_tables((mr.table, output), (mr.pairs, pairs_path))
+    pairs_path = sibling(output, ".pairs.parquet")
+    write_tables((mr.table, output), (mr.pairs, pairs_path))
     _summary_table(
         "faceclean merge",
         {
@@ -237,8 +236,8 @@ def inject_noise_cmd(embeddings, output, flip, outlier, split, seed):
     from faceclean.store import open_store
 
     ns = inject_noise(open_store(embeddings).read(), flip, outlier, split, seed)
-    truth = _sibling(output, ".truth.parquet")
-    _write_tables((ns.table, output), (ns.truth, truth))
+    truth = sibling(output, ".truth.parquet")
+    write_tables((ns.table, output), (ns.truth, truth))
     counts = ns.truth["noise"].value_counts().to_pylist()
     _summary_table(
         "faceclean inject-noise",
