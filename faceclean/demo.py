@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from rich.console import Console
 from torch import nn
 
-from faceclean.onnx_model import METADATA_KEY
+from faceclean.export import export_face_model, export_onnx
 from faceclean.preprocess import PRESETS, Preprocessing
 
 
@@ -52,25 +50,12 @@ def export_tiny_model(
     models in the wild.
     """
     torch.manual_seed(seed)
-    net = TinyFaceNet(dim, width).eval()
-    path = Path(path)
-    axes = {"data": {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 3, size, size),),
-        str(path),
-        input_names=["data"],
-        output_names=["embedding"],
-        dynamic_axes=axes,
-        dynamo=False,
-    )
+    net = TinyFaceNet(dim, width)
+    spec = None
     if preset:
         p = PRESETS[preset]
         spec = Preprocessing(p["mean"], p["std"], p["channels"], size, size)
-        model = onnx.load(str(path))
-        model.metadata_props.add(key=METADATA_KEY, value=json.dumps(spec.to_dict()))
-        onnx.save(model, str(path))
-    return path
+    return export_face_model(net, path, size, spec, dynamic_batch)
 
 
 # One search trial on the demo data: 56-px images, 30 SGD steps; ACC over FARs the
@@ -109,7 +94,6 @@ def run_demo(
     import pyarrow.parquet as pq
 
     from faceclean.clean import clean
-    from faceclean.export import export_onnx
     from faceclean.extract import extract
     from faceclean.noise import evaluate, inject_noise, split_pairs
     from faceclean.search import run_search

@@ -15,30 +15,56 @@ import onnx
 import torch
 
 from faceclean.onnx_model import METADATA_KEY
+from faceclean.preprocess import Preprocessing
 from faceclean.store import atomic_path
 from faceclean.train import load_run, spec_for
+
+
+def export_face_model(
+    net: torch.nn.Module,
+    output: str | Path,
+    size: int,
+    spec: Preprocessing | None,
+    dynamic_batch: bool = True,
+    metadata: dict[str, str] | None = None,
+    opset: int = 17,
+) -> Path:
+    """Write ``net`` (input ``data`` [N,3,size,size], output ``embedding``) as ONNX,
+    atomically, with ``spec`` recorded so that `extract` needs no flags. Without
+    ``dynamic_batch`` the batch dimension is fixed to 1, like many models in the wild."""
+    output = Path(output)
+    axes = {"data": {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None
+    with atomic_path(output) as tmp:
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(2 if dynamic_batch else 1, 3, size, size),),
+            str(tmp),
+            input_names=["data"],
+            output_names=["embedding"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+        extra = dict(metadata or {})
+        if spec is not None:
+            extra[METADATA_KEY] = json.dumps(spec.to_dict())
+        if extra:
+            proto = onnx.load(str(tmp))
+            for key, value in extra.items():
+                proto.metadata_props.add(key=key, value=value)
+            onnx.save(proto, str(tmp))
+    return output
 
 
 def export_onnx(run_dir: str | Path, output: str | Path, opset: int = 17) -> Path:
     """Write the run's backbone as ONNX (atomically) and return the path."""
     model, cfg = load_run(run_dir)
-    size = cfg.input_size
-    output = Path(output)
-    with atomic_path(output) as tmp:
-        torch.onnx.export(
-            model,
-            (torch.zeros(2, 3, size, size),),
-            str(tmp),
-            input_names=["data"],
-            output_names=["embedding"],
-            dynamic_axes={"data": {0: "batch"}, "embedding": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
-        proto = onnx.load(str(tmp))
-        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(spec_for(cfg).to_dict()))
-        proto.metadata_props.add(
-            key="faceclean.train_config", value=(Path(run_dir) / "config.json").read_text()
-        )
-        onnx.save(proto, str(tmp))
-    return output
+    config = (Path(run_dir) / "config.json").read_text()
+    return export_face_model(
+        model,
+        output,
+        cfg.input_size,
+        spec_for(cfg),
+        metadata={"faceclean.train_config": config},
+        opset=opset,
+    )
