@@ -134,10 +134,14 @@ class FilterResult:
     kept_sums: np.ndarray  # float64 [K, d], kept samples only (for merge)
     counts: np.ndarray  # int64 [K]
     kept_counts: np.ndarray  # int64 [K]
-    dropped_per_class: np.ndarray  # int64 [K]
     device: str
     scores: pa.Table | None = None
     output: Path | None = None
+
+    @property
+    def dropped_per_class(self) -> np.ndarray:
+        """int64 [K]: samples of each class the filter dropped."""
+        return self.counts - self.kept_counts
 
 
 def score_batches(
@@ -298,7 +302,6 @@ def filter_store(
         kept_sums=kept_sums,
         counts=counts,
         kept_counts=kept_counts,
-        dropped_per_class=counts - kept_counts,
         device=device_used,
         scores=pa.concat_tables(tables) if output is None else None,
         output=output,

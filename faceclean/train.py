@@ -209,7 +209,8 @@ def train(
             f"{len(missing)} image(s) of the list are missing, e.g. {Path(root) / missing[0]}",
             cfg.clean_list,
         )
-    model, head = build(cfg, num_classes)  # validates W, D and the loss parameters
+    torch.manual_seed(cfg.seed)  # identical initial weights for a given seed
+    model, head = build(cfg, num_classes)  # also validates W, D and the loss parameters
     config_path = run_dir / "config.json"
     saved = json.loads(json.dumps(asdict(cfg)))
     if config_path.exists() and json.loads(config_path.read_text()) != saved:
@@ -222,8 +223,6 @@ def train(
     device = pick_device(cfg.device)
     if distributed:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(cfg.seed)
-    model, head = build(cfg, num_classes)  # re-create after seeding: identical init
     model.to(device)
     head.to(device)
     if device.type == "cuda":
