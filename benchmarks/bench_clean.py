@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from faceclean.filter import class_sums, filter_store, normalise_rows
-from faceclean.merge import merge_classes
-from faceclean.store import embedding_schema, embedding_table, iter_row_groups
+from faceclean.cleaning.filter import class_sums, filter_store, normalise_rows
+from faceclean.cleaning.merge import merge_classes
+from faceclean.data.store import embedding_schema, embedding_table, iter_row_groups
 
 
 def write_synthetic(path: Path, rows: int, classes: int, dim: int, seed: int = 0) -> None:
@@ -74,7 +74,7 @@ def numpy_filter(path: Path, tau: float) -> int:
 
 def peak_rss_mb(path: Path) -> float:
     code = (
-        "import resource;from faceclean.filter import filter_store;"
+        "import resource;from faceclean.cleaning.filter import filter_store;"
         f"filter_store({str(path)!r},0.3,{str(path) + '.scores'!r},overwrite=True);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )

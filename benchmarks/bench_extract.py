@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from faceclean.datasets import open_dataset
+from faceclean.data.datasets import open_dataset
+from faceclean.data.extraction import extract, resolve_preprocessing
+from faceclean.data.onnx_model import FaceModel
+from faceclean.data.preprocess import load_tensor
+from faceclean.data.synthetic import make_face_folder
 from faceclean.demo import export_tiny_model
-from faceclean.extract import extract, resolve_preprocessing
-from faceclean.onnx_model import FaceModel
-from faceclean.preprocess import load_tensor
-from faceclean.synthetic import make_face_folder
 
 SHARED_MODEL = Path(__file__).resolve().parents[2] / "shared/models/mobilefacenet-foamliu.onnx"
 
@@ -67,7 +67,7 @@ def measure(label: str, data: Path, model_path: Path, batch: int, preset: str | 
 
 def peak_rss_mb(data: Path, model: Path, out: Path, batch: int) -> float:
     code = (
-        "import resource,sys;from faceclean.extract import extract;"
+        "import resource,sys;from faceclean.data.extraction import extract;"
         f"extract({str(data)!r},{str(model)!r},{str(out)!r},batch_size={batch},overwrite=True,"
         "chunk_size=1024);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"

@@ -1,5 +1,5 @@
 """Search efficiency on a cheap surrogate objective with a known structure and coupled
-tokens (faceclean.search.SurrogateObjective): the number of trials each method needs to
+tokens (faceclean.search.surrogate.SurrogateObjective): the number of trials each method needs to
 sample a combination in the top 1% of rewards, median over seeds; and the controller +
 bookkeeping overhead per trial.
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from faceclean.search import search
-from faceclean.search_space import TOKENS, load_space
-from faceclean.surrogate import SurrogateObjective
+from faceclean.search.loop import search
+from faceclean.search.space import TOKENS, load_space
+from faceclean.search.surrogate import SurrogateObjective
 
 
 def top1_threshold(space, obj, n: int = 200_000, seed: int = 123) -> float:

@@ -15,9 +15,9 @@ from pathlib import Path
 from rich.console import Console
 
 from faceclean.demo import DEMO_FARS, DEMO_TRIAL, run_demo
-from faceclean.search import run_search
-from faceclean.search_space import BASELINE, TOKENS
-from faceclean.trial import FaceTrial
+from faceclean.search.loop import run_search
+from faceclean.search.space import BASELINE, TOKENS
+from faceclean.search.trial import FaceTrial
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from faceclean.backbones import MobileFaceNet, count_macs
-from faceclean.losses import HEADS, create_head
+from faceclean.training.backbones import MobileFaceNet, count_macs
+from faceclean.training.losses import HEADS, create_head
 
 
 def step_rate(width: float, depth: float, batch: int, steps: int) -> float:

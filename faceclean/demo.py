@@ -9,8 +9,8 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from faceclean.export import export_face_model, export_onnx
-from faceclean.preprocess import PRESETS, Preprocessing
+from faceclean.data.preprocess import PRESETS, Preprocessing
+from faceclean.training.export import export_face_model, export_onnx
 
 
 class TinyFaceNet(nn.Module):
@@ -93,13 +93,14 @@ def run_demo(
     joint search -> re-train the best -> a list of every artefact."""
     import pyarrow.parquet as pq
 
-    from faceclean.clean import clean
-    from faceclean.extract import extract
-    from faceclean.noise import evaluate, inject_noise, split_pairs
-    from faceclean.search import run_search
-    from faceclean.store import iter_embeddings, write_tables
-    from faceclean.synthetic import make_face_folder
-    from faceclean.train import TrainConfig, train
+    from faceclean.cleaning.clean import clean
+    from faceclean.cleaning.noise import evaluate, inject_noise, split_pairs
+    from faceclean.data.extraction import extract
+    from faceclean.data.store import iter_embeddings, write_tables
+    from faceclean.data.synthetic import make_face_folder
+    from faceclean.search.loop import run_search
+    from faceclean.training.run import TrainConfig
+    from faceclean.training.train import train
 
     output.mkdir(parents=True, exist_ok=True)
     size = 56

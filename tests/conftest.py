@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from faceclean.data.synthetic import make_face_folder
 from faceclean.demo import export_tiny_model
-from faceclean.synthetic import make_face_folder
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_MODEL = SHARED / "models" / "mobilefacenet-foamliu.onnx"

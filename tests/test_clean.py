@@ -5,15 +5,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from faceclean.clean import clean
+from faceclean.cleaning.clean import clean
+from faceclean.cleaning.filter import class_sums, discriminability, filter_store
+from faceclean.cleaning.merge import merge_classes
+from faceclean.cleaning.noise import evaluate, inject_noise, split_pairs
 from faceclean.cli import main
-from faceclean.datasets import read_list_file, read_rec
+from faceclean.data.datasets import read_list_file, read_rec
+from faceclean.data.store import embedding_schema, embedding_table
+from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
 from faceclean.errors import FacecleanError
-from faceclean.filter import class_sums, discriminability, filter_store
-from faceclean.merge import merge_classes
-from faceclean.noise import evaluate, inject_noise, split_pairs
-from faceclean.store import embedding_schema, embedding_table
-from faceclean.synthetic import clustered_embeddings, write_embedding_store
 
 
 def reference_scores(x, y, loo_below):
@@ -209,7 +209,7 @@ def test_clean_list_formats(noisy_store, tmp_path, faces, tiny_model):
     lst = read_list_file(r.outputs["clean"])
     assert len(lst) == t.num_rows
     # .rec re-reads the images the embeddings came from.
-    from faceclean.extract import extract
+    from faceclean.data.extraction import extract
 
     extract(faces, tiny_model, tmp_path / "f.parquet")
     r = clean(tmp_path / "f.parquet", tmp_path / "r", 0.0, 0.999, fmt="rec")
@@ -257,8 +257,8 @@ def test_cli_clean_pipeline(tmp_path):
 
 
 def test_report_files(tmp_path, faces, tiny_model):
-    from faceclean.extract import extract
-    from faceclean.report import write_report
+    from faceclean.cleaning.report import write_report
+    from faceclean.data.extraction import extract
 
     extract(faces, tiny_model, tmp_path / "f.parquet")
     clean(tmp_path / "f.parquet", tmp_path / "c", 1.0, 0.999)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from faceclean.datasets import open_dataset
+from faceclean.data.datasets import open_dataset
 from faceclean.errors import FacecleanError
 
 

@@ -15,11 +15,11 @@ from onnx import helper, numpy_helper
 from PIL import Image
 
 from faceclean.cli import main
+from faceclean.data.extraction import extract
+from faceclean.data.onnx_model import FaceModel
+from faceclean.data.store import iter_embeddings, read_metadata
 from faceclean.demo import nearest_neighbour_accuracy
 from faceclean.errors import FacecleanError
-from faceclean.extract import extract
-from faceclean.onnx_model import FaceModel
-from faceclean.store import iter_embeddings, read_metadata
 
 
 def arrays(table):
@@ -205,7 +205,7 @@ def test_resume_skips_finished_chunks(faces, tiny_model, tmp_path):
 
 
 def test_resume_after_sigkill_gives_every_row_once(tmp_path, tiny_model):
-    from faceclean.synthetic import make_face_folder
+    from faceclean.data.synthetic import make_face_folder
 
     data = make_face_folder(tmp_path / "big", identities=40, per_identity=30, seed=3)
     out = tmp_path / "e.parquet"
@@ -289,7 +289,7 @@ def test_real_model_on_orl_faces_has_real_structure(tmp_path):
 
 
 def test_extract_from_an_insightface_rec_equals_the_folder(faces, tiny_model, tmp_path):
-    from faceclean.recordio import write_face_rec
+    from faceclean.data.recordio import write_face_rec
 
     items = [
         (k, p.read_bytes())

@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from faceclean.backbones import (
+from faceclean.errors import FacecleanError
+from faceclean.training.backbones import (
     MobileFaceNet,
     count_macs,
     create_backbone,
     flops_matched_pairs,
 )
-from faceclean.errors import FacecleanError
-from faceclean.losses import PartialFC, create_head, margin_function
+from faceclean.training.losses import PartialFC, create_head, margin_function
 
 
 @pytest.fixture(autouse=True)

@@ -3,9 +3,8 @@ import struct
 import numpy as np
 import pytest
 
-from faceclean.datasets import read_rec
-from faceclean.errors import FacecleanError
-from faceclean.recordio import (
+from faceclean.data.datasets import read_rec
+from faceclean.data.recordio import (
     MAGIC,
     IRHeader,
     RecordReader,
@@ -14,6 +13,7 @@ from faceclean.recordio import (
     unpack,
     write_face_rec,
 )
+from faceclean.errors import FacecleanError
 
 
 def test_pack_unpack_scalar_and_vector_labels():

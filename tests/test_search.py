@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from faceclean.controller import PPO, Controller
 from faceclean.errors import FacecleanError
-from faceclean.search import read_log, search
-from faceclean.search_space import BASELINE, TOKENS, load_space
-from faceclean.surrogate import SurrogateObjective
+from faceclean.search.controller import PPO, Controller
+from faceclean.search.loop import read_log, search
+from faceclean.search.space import BASELINE, TOKENS, load_space
+from faceclean.search.surrogate import SurrogateObjective
 
 
 def test_controller_learns_to_prefer_rewarded_tokens():
@@ -105,9 +105,9 @@ def test_failing_trials_are_logged_and_the_search_goes_on(tmp_path):
 
 SCRIPT = """
 import sys, time
-from faceclean.search import search
-from faceclean.surrogate import SurrogateObjective
-from faceclean.search_space import load_space
+from faceclean.search.loop import search
+from faceclean.search.surrogate import SurrogateObjective
+from faceclean.search.space import load_space
 space = load_space()
 obj = SurrogateObjective(space, seed=1)
 def slow(combo, seed):
@@ -149,7 +149,11 @@ def test_real_search_end_to_end_with_cli(tmp_path):
     from click.testing import CliRunner
 
     from faceclean.cli import main
-    from faceclean.synthetic import clustered_embeddings, make_face_folder, write_embedding_store
+    from faceclean.data.synthetic import (
+        clustered_embeddings,
+        make_face_folder,
+        write_embedding_store,
+    )
 
     train_dir = make_face_folder(tmp_path / "train", 8, 6, size=56, seed=0)
     val_dir = make_face_folder(tmp_path / "val", 6, 4, size=56, seed=5)

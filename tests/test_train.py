@@ -5,24 +5,21 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from faceclean.backbones import create_backbone
-from faceclean.datasets import open_dataset
+from faceclean.data.datasets import open_dataset
+from faceclean.data.extraction import extract
+from faceclean.data.synthetic import make_face_folder
 from faceclean.errors import FacecleanError
-from faceclean.export import export_onnx
-from faceclean.extract import extract
-from faceclean.synthetic import make_face_folder
-from faceclean.train import (
+from faceclean.training.backbones import create_backbone
+from faceclean.training.export import export_onnx
+from faceclean.training.run import TrainConfig, build, load_run, spec_for
+from faceclean.training.train import (
     FaceImages,
-    TrainConfig,
-    build,
     embed_images,
     evaluate_run,
     evaluate_run_bin,
-    load_run,
-    spec_for,
     train,
 )
-from faceclean.verification import evaluate_embeddings, kfold_accuracy, tar_at_far
+from faceclean.training.verification import evaluate_embeddings, kfold_accuracy, tar_at_far
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +216,7 @@ def test_torchrun_ddp_on_cpu(sets, tmp_path):
 def test_teacher_topk_filter_rejects_flipped_labels(sets, tmp_path):
     import json
 
-    from faceclean.teacher import TeacherFilter
+    from faceclean.training.teacher import TeacherFilter
 
     train_dir, _ = sets
     train(config(train_dir, epochs=6), tmp_path / "teacher")

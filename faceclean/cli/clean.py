@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from faceclean.cli import (
+from faceclean.cli.common import (
     _backend,
     _batch_rows,
     _device,
@@ -14,7 +14,7 @@ from faceclean.cli import (
     _summary_table,
     main,
 )
-from faceclean.store import sibling, write_tables
+from faceclean.data.store import sibling, write_tables
 
 
 @main.command("filter")
@@ -45,7 +45,7 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
     Writes path, label, identity, cos_pos, hardest_negative, cos_neg, discriminability and
     keep (D >= tau_intra; singletons are kept with D = NaN).
     """
-    from faceclean.filter import filter_store
+    from faceclean.cleaning.filter import filter_store
 
     r = filter_store(
         embeddings,
@@ -106,8 +106,8 @@ def merge_cmd(
     embeddings, tau_inter, tau_intra, max_group_size, output, loo_below, device, batch_rows
 ):
     """Group classes that are one identity (union-find over centroid links)."""
-    from faceclean.filter import class_sums, filter_store
-    from faceclean.merge import merge_classes
+    from faceclean.cleaning.filter import class_sums, filter_store
+    from faceclean.cleaning.merge import merge_classes
 
     if tau_intra is None:
         sums, counts = class_sums(embeddings, batch_rows)
@@ -175,7 +175,7 @@ def clean_cmd(
     batch_rows,
 ):
     """Filter, merge and write the clean list that `faceclean train` reads."""
-    from faceclean.clean import clean
+    from faceclean.cleaning.clean import clean
 
     r = clean(
         embeddings,
@@ -204,7 +204,7 @@ def clean_cmd(
 )
 def report_cmd(clean_dir, data):
     """Write report.html: D histogram, drops per class, merged groups, contact sheet."""
-    from faceclean.report import write_report
+    from faceclean.cleaning.report import write_report
 
     out = write_report(clean_dir, data)
     _summary_table("faceclean report", {k: str(v) for k, v in out.items()})
@@ -232,8 +232,8 @@ def report_cmd(clean_dir, data):
 @click.option("--seed", default=0, show_default=True)
 def inject_noise_cmd(embeddings, output, flip, outlier, split, seed):
     """Corrupt a clean embedding store with known noise (in memory)."""
-    from faceclean.noise import inject_noise
-    from faceclean.store import open_store
+    from faceclean.cleaning.noise import inject_noise
+    from faceclean.data.store import open_store
 
     ns = inject_noise(open_store(embeddings).read(), flip, outlier, split, seed)
     truth = sibling(output, ".truth.parquet")
@@ -260,7 +260,7 @@ def inject_noise_cmd(embeddings, output, flip, outlier, split, seed):
 )
 def evaluate_cleaning_cmd(clean_dir, truth, sweep):
     """Precision/recall of a `faceclean clean` output against injected noise."""
-    from faceclean.evaluate import evaluate_clean_dir
+    from faceclean.cleaning.evaluate import evaluate_clean_dir
 
     result = evaluate_clean_dir(clean_dir, truth, do_sweep=sweep)
     _summary_table(

@@ -9,8 +9,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from faceclean.cli import _triple, console, main
-from faceclean.preprocess import FITS, PRESETS
+from faceclean.cli.common import _triple, console, main
+from faceclean.data.preprocess import FITS, PRESETS
 
 
 @main.command()
@@ -109,7 +109,7 @@ def extract(
     are skipped and listed in <output>.failures.tsv. A killed run resumes when the same
     command is run again.
     """
-    from faceclean.extract import extract as run_extract
+    from faceclean.data.extraction import extract as run_extract
 
     result = run_extract(
         data,

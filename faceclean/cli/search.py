@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from faceclean.cli import console, main
+from faceclean.cli.common import console, main
 
 
 @main.command("search")
@@ -111,7 +111,7 @@ def search_cmd(
     ray_address,
 ):
     """Jointly search cleaning thresholds, margin loss and backbone (RL controller + PPO)."""
-    from faceclean.search import run_search
+    from faceclean.search.loop import run_search
 
     run_search(
         embeddings,

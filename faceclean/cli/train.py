@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from faceclean.cli import FacecleanError, _summary_table, main
+from faceclean.cli.common import FacecleanError, _summary_table, main
 
 
 @main.command("train")
@@ -114,7 +114,8 @@ def train_cmd(
     output,
 ):
     """Train a backbone with a margin loss on a clean list (Parquet, 'path label' or .rec)."""
-    from faceclean.train import TrainConfig, evaluate_run, train
+    from faceclean.training.run import TrainConfig
+    from faceclean.training.train import evaluate_run, train
 
     kwargs = {
         k: v
@@ -181,7 +182,7 @@ def train_cmd(
 )
 def eval_cmd(run_dir, val, bins, fars):
     """TAR@FAR, the paper's ACC, and .bin accuracies of a trained run."""
-    from faceclean.train import evaluate_run, evaluate_run_bin
+    from faceclean.training.train import evaluate_run, evaluate_run_bin
 
     rows = {}
     if val:
@@ -201,6 +202,6 @@ def eval_cmd(run_dir, val, bins, fars):
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
 def export_cmd(run_dir, output):
     """Export a trained run to ONNX (dynamic batch, preprocessing recorded)."""
-    from faceclean.export import export_onnx
+    from faceclean.training.export import export_onnx
 
     _summary_table("faceclean export", {"model": str(export_onnx(run_dir, output))})

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,45 +24,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from faceclean.backbones import count_macs, create_backbone
-from faceclean.datasets import open_dataset, read_image_bytes
+from faceclean.data.datasets import open_dataset, read_image_bytes
+from faceclean.data.preprocess import Preprocessing, load_pixels, normalise
+from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
-from faceclean.losses import PartialFC, create_head
-from faceclean.preprocess import PRESETS, Preprocessing, load_pixels, normalise
 from faceclean.progress import RowProgress
-from faceclean.store import atomic_path
-from faceclean.teacher import TeacherFilter
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved as ``config.json`` in the run folder)."""
-
-    clean_list: str
-    data_root: str | None = None
-    backbone: str = "mobilefacenet"
-    width: float = 1.0
-    depth: float = 1.0
-    embedding_size: int = 128
-    input_size: int = 112
-    loss: str = "unified"
-    loss_kwargs: dict = field(default_factory=dict)
-    sample_rate: float = 1.0
-    teacher: str | None = None
-    teacher_topk: int = 5
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.0
-    schedule: str = "cosine"
-    step_milestones: tuple[float, ...] = (0.5, 0.75)
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    preset: str = "insightface"
+from faceclean.training.backbones import count_macs
+from faceclean.training.losses import PartialFC
+from faceclean.training.run import TrainConfig, build, load_run, spec_for
+from faceclean.training.teacher import TeacherFilter
 
 
 def read_clean_list(path: str | Path, data_root: str | Path | None = None):
@@ -142,28 +112,6 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> floa
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     return 0.1 ** sum(progress >= m for m in cfg.step_milestones)
-
-
-def build_backbone(cfg: TrainConfig) -> nn.Module:
-    """The configured backbone, freshly initialised from torch's current RNG state."""
-    return create_backbone(
-        cfg.backbone,
-        width=cfg.width,
-        depth=cfg.depth,
-        embedding_size=cfg.embedding_size,
-        input_size=cfg.input_size,
-    )
-
-
-def build(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    model = build_backbone(cfg)
-    head = create_head(cfg.loss, cfg.embedding_size, num_classes, **cfg.loss_kwargs)
-    return model, head
-
-
-def spec_for(cfg: TrainConfig) -> Preprocessing:
-    p = PRESETS[cfg.preset]
-    return Preprocessing(p["mean"], p["std"], p["channels"], cfg.input_size, cfg.input_size)
 
 
 @torch.no_grad()
@@ -352,25 +300,11 @@ def train(
     }
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The trained backbone (eval mode) and its config from a run folder."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise FacecleanError("no checkpoint.pt: not a finished `faceclean train` run", run_dir)
-    raw = json.loads((run_dir / "config.json").read_text())
-    raw["step_milestones"] = tuple(raw.get("step_milestones", (0.5, 0.75)))
-    cfg = TrainConfig(**raw)
-    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
-    model, _ = build(cfg, state["num_classes"])
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
-
-
 def evaluate_run(
     run_dir: str | Path, val: str | Path, fars=(1e-3, 1e-4, 1e-5), flip: bool = True
 ) -> dict:
     """TAR@FAR (all pairs) of a run's model on a validation set given as identities."""
-    from faceclean.verification import evaluate_embeddings
+    from faceclean.training.verification import evaluate_embeddings
 
     model, cfg = load_run(run_dir)
     ds = open_dataset(val)
@@ -381,7 +315,7 @@ def evaluate_run(
 
 def evaluate_run_bin(run_dir: str | Path, bin_path: str | Path) -> dict:
     """InsightFace ``.bin`` 10-fold accuracy (with flip) of a run's model."""
-    from faceclean.verification import evaluate_bin
+    from faceclean.training.verification import evaluate_bin
 
     model, cfg = load_run(run_dir)
     spec = spec_for(cfg)

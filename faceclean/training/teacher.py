@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from faceclean.errors import FacecleanError
+from faceclean.training.run import load_run
 
 
 class TeacherFilter:
@@ -22,8 +23,6 @@ class TeacherFilter:
     def __init__(
         self, run_dir: str | Path, k: int, num_classes: int, input_size: int, device: torch.device
     ):
-        from faceclean.train import load_run  # train imports this module
-
         if k < 1:
             raise FacecleanError(f"teacher top-k must be at least 1, got {k}")
         self.model, cfg = load_run(run_dir, device=str(device))

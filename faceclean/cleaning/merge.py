@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from faceclean.faiss_backend import InnerProductIndex
-from faceclean.filter import normalise_rows
+from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.cleaning.filter import normalise_rows
 
 
 @dataclass

@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from faceclean.backbones import DEPTH_RANGE, WIDTH_RANGE
 from faceclean.errors import FacecleanError
+from faceclean.training.backbones import DEPTH_RANGE, WIDTH_RANGE
 
 if sys.version_info >= (3, 11):
     import tomllib

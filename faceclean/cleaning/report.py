@@ -20,10 +20,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from faceclean.clean import read_clean_summary
-from faceclean.datasets import read_image_bytes
-from faceclean.preprocess import decode_image
-from faceclean.store import as_paths, atomic_path, read_metadata
+from faceclean.cleaning.clean import read_clean_summary
+from faceclean.data.datasets import read_image_bytes
+from faceclean.data.preprocess import decode_image
+from faceclean.data.store import as_paths, atomic_path, read_metadata
 
 THUMB = 96
 

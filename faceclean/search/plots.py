@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faceclean.search_space import TOKENS
-from faceclean.store import atomic_path
+from faceclean.data.store import atomic_path
+from faceclean.search.space import TOKENS
 
 
 def _save(fig, path: Path) -> None:

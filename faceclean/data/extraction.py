@@ -24,12 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceclean import __version__
-from faceclean.datasets import FaceDataset, open_dataset
+from faceclean.data.datasets import FaceDataset, open_dataset
+from faceclean.data.onnx_model import FaceModel
+from faceclean.data.preprocess import PRESETS, Preprocessing, load_pixels, normalise
+from faceclean.data.store import atomic_path, embedding_schema, embedding_table, sibling
 from faceclean.errors import FacecleanError
-from faceclean.onnx_model import FaceModel
-from faceclean.preprocess import PRESETS, Preprocessing, load_pixels, normalise
 from faceclean.progress import RowProgress
-from faceclean.store import atomic_path, embedding_schema, embedding_table, sibling
 
 PART_KEY = b"faceclean.part"
 

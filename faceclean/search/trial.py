@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faceclean.backbones import count_macs
-from faceclean.clean import clean, read_clean_summary
-from faceclean.store import read_metadata
-from faceclean.train import TrainConfig, build_backbone, evaluate_run, train
-from faceclean.verification import FARS
+from faceclean.cleaning.clean import clean, read_clean_summary
+from faceclean.data.store import read_metadata
+from faceclean.training.backbones import count_macs
+from faceclean.training.run import TrainConfig, build_backbone
+from faceclean.training.train import evaluate_run, train
+from faceclean.training.verification import FARS
 
 
 @dataclass

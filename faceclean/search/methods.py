@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from faceclean.errors import FacecleanError
-from faceclean.search_space import TOKENS, SearchSpace
+from faceclean.search.space import TOKENS, SearchSpace
 
 
 class RayPool:

@@ -28,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.data.store import as_paths, atomic_path, iter_embeddings, open_stores
 from faceclean.errors import FacecleanError
-from faceclean.faiss_backend import InnerProductIndex
 from faceclean.progress import RowProgress
-from faceclean.store import as_paths, atomic_path, iter_embeddings, open_stores
 
 EPS = 1e-6
 SCORE_COLUMNS = ("cos_pos", "hardest_negative", "cos_neg", "discriminability", "keep")
@@ -212,7 +212,7 @@ def filter_store(
     """Score every sample of an embedding store and keep those with D >= ``tau_intra``.
 
     Args:
-        path: embedding store (see :mod:`faceclean.store`), or a list of shards that share
+        path: embedding store (see :mod:`faceclean.data.store`), or a list of shards that share
             one embedding dimension and one label space.
         tau_intra: threshold on discriminability (paper: 0.3; useful range ~0.1-0.5).
         output: scores Parquet to write (columns ``path``, ``label``, ``identity``,

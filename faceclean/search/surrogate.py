@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from faceclean.search_space import TOKENS, SearchSpace
+from faceclean.search.space import TOKENS, SearchSpace
 
 
 class SurrogateObjective:

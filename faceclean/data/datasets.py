@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from faceclean.data.recordio import RecordReader, unpack
 from faceclean.errors import FacecleanError
-from faceclean.recordio import RecordReader, unpack
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff"}
 

@@ -85,7 +85,7 @@ def write_embedding_store(
     """Write arrays as an embedding store (paths ``img/<i>.jpg``, identities ``id<label>``)."""
     import pyarrow.parquet as pq
 
-    from faceclean.store import atomic_path, embedding_schema, embedding_table
+    from faceclean.data.store import atomic_path, embedding_schema, embedding_table
 
     schema = embedding_schema(embeddings.shape[1], metadata={"synthetic": True})
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:

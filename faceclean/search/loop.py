@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceclean.controller import PPO, Controller
+from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
-from faceclean.search_methods import GaussianSearch, RayPool, tpe_study
-from faceclean.search_space import TOKENS, SearchSpace, difficulty
-from faceclean.store import atomic_path
+from faceclean.search.controller import PPO, Controller
+from faceclean.search.methods import GaussianSearch, RayPool, tpe_study
+from faceclean.search.space import TOKENS, SearchSpace, difficulty
 
 TrialFn = Callable[[dict, int], dict]
 METHODS = ("ppo", "random", "tpe", "gaussian")
@@ -245,12 +245,12 @@ def run_search(
     console=None,
     ray_address=None,
 ) -> dict:
-    """The CLI's search: real trials (:class:`faceclean.trial.FaceTrial`), progress lines,
+    """The CLI's search: real trials (:class:`faceclean.search.trial.FaceTrial`), progress lines,
     plots, and optionally the top-k combinations re-trained for longer."""
-    from faceclean.backbones import MobileFaceNet, count_macs
-    from faceclean.search_plots import plot_search
-    from faceclean.search_space import load_space
-    from faceclean.trial import FaceTrial
+    from faceclean.search.plots import plot_search
+    from faceclean.search.space import load_space
+    from faceclean.search.trial import FaceTrial
+    from faceclean.training.backbones import MobileFaceNet, count_macs
 
     output = Path(output)
     space = load_space(space_file, aspects)

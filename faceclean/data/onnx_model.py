@@ -17,8 +17,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from faceclean.data.preprocess import Preprocessing
 from faceclean.errors import FacecleanError
-from faceclean.preprocess import Preprocessing
 
 METADATA_KEY = "faceclean.preprocessing"
 _DEVICES = ("auto", "cpu", "cuda")

@@ -1,7 +1,7 @@
 """`faceclean clean`: filter then merge, and write the clean list training reads.
 
 Outputs, in one folder, each written under a temporary name and renamed when complete:
-``scores.parquet`` (per sample, see :mod:`faceclean.filter`), ``merges.parquet`` (``label``,
+``scores.parquet`` (per sample, see :mod:`.filter`), ``merges.parquet`` (``label``,
 ``merged_label``, ``group_size``), ``pairs.parquet`` (``label_a``, ``label_b``, ``cosine``,
 ``merged``), the clean list, and ``summary.json``.
 
@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from faceclean.datasets import read_image_bytes
+from faceclean.cleaning.filter import FilterResult, filter_store
+from faceclean.cleaning.merge import MergeResult, merge_classes
+from faceclean.data.datasets import read_image_bytes
+from faceclean.data.recordio import write_face_rec
+from faceclean.data.store import as_paths, atomic_path, iter_row_groups, read_metadata
 from faceclean.errors import FacecleanError
-from faceclean.filter import FilterResult, filter_store
-from faceclean.merge import MergeResult, merge_classes
-from faceclean.recordio import write_face_rec
-from faceclean.store import as_paths, atomic_path, iter_row_groups, read_metadata
 
 FORMATS = ("parquet", "lst", "rec")
 

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from faceclean.clean import read_clean_summary
+from faceclean.cleaning.clean import read_clean_summary
+from faceclean.cleaning.filter import filter_store
+from faceclean.cleaning.merge import merge_classes
+from faceclean.cleaning.noise import evaluate, split_pairs
+from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
-from faceclean.filter import filter_store
-from faceclean.merge import merge_classes
-from faceclean.noise import evaluate, split_pairs
-from faceclean.store import atomic_path
 
 TAU_INTRA_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TAU_INTER_SWEEP = (0.3, 0.4, 0.5, 0.55, 0.6, 0.62, 0.65, 0.7, 0.8, 0.9)
@@ -88,7 +88,7 @@ def evaluate_clean_dir(
 ) -> dict:
     """Score ``faceclean clean`` outputs in ``clean_dir`` against an inject-noise truth.
 
-    Returns the metrics of :func:`faceclean.noise.evaluate`; with ``do_sweep`` also writes
+    Returns the metrics of :func:`faceclean.cleaning.noise.evaluate`; with ``do_sweep`` also writes
     ``sweep.csv`` and ``sweep.png`` (precision/recall/F1 against each threshold) there.
     """
     clean_dir, truth_path = Path(clean_dir), Path(truth_path)

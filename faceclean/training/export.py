@@ -14,10 +14,10 @@ from pathlib import Path
 import onnx
 import torch
 
-from faceclean.onnx_model import METADATA_KEY
-from faceclean.preprocess import Preprocessing
-from faceclean.store import atomic_path
-from faceclean.train import load_run, spec_for
+from faceclean.data.onnx_model import METADATA_KEY
+from faceclean.data.preprocess import Preprocessing
+from faceclean.data.store import atomic_path
+from faceclean.training.run import load_run, spec_for
 
 
 def export_face_model(

@@ -1,0 +1,28 @@
+"""Stage 4, search: the joint search over cleaning thresholds, margin loss and backbone.
+
+Modules: ``space`` (the nine tokens, the TOML search space, difficulty), ``controller``
+(the LSTM controller and PPO), ``loop`` (the resumable search loop and the CLI's
+``faceclean search``), ``methods`` (random, TPE and Gaussian search, the Ray executor),
+``trial`` (one trial on real data: clean, train, score), ``plots``, ``surrogate`` (a
+cheap synthetic objective for tests and benchmarks).
+
+Exports: ``search`` (the loop), ``run_search`` (the CLI's search on real trials),
+``read_log``, ``TOKENS``, ``BASELINE``, ``SearchSpace``, ``load_space``.
+"""
+
+from faceclean._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "search": "loop",
+        "run_search": "loop",
+        "read_log": "loop",
+        "SearchResult": "loop",
+        "TOKENS": "space",
+        "BASELINE": "space",
+        "SearchSpace": "space",
+        "load_space": "space",
+    },
+)
+__all__ = sorted(__dir__())
