@@ -16,7 +16,7 @@ import faceclean
 
 PACKAGE = Path(faceclean.__file__).parent
 LAYERS = {"core": 0, "data": 1, "cleaning": 2, "training": 3, "search": 4, "top": 5}
-CORE = {"__init__", "errors", "progress", "_lazy", "_legacy"}
+CORE = {"__init__", "errors", "progress", "_lazy", "_legacy", "outputs"}
 
 
 def module_name(path: Path) -> str:
