@@ -157,3 +157,99 @@ def extract(
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+@main.command("align")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the aligned crops (same layout as DATA).",
+)
+@click.option(
+    "--detector",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="ONNX five-landmark face detector: YuNet or SCRFD.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    help="Folder the paths of a list file are relative to [default: its folder].",
+)
+@click.option(
+    "--pick",
+    type=click.Choice(["largest", "central", "all"]),
+    default="largest",
+    show_default=True,
+    help="Several faces in a photo: the largest, the most central, or all (_1, _2 suffixes).",
+)
+@click.option("--min-size", default=0.0, show_default=True, help="Smallest face box side, px.")
+@click.option("--min-score", default=0.6, show_default=True, help="Detection score threshold.")
+@click.option("--size", default=112, show_default=True, help="Side of the square crop, px.")
+@click.option(
+    "--max-side",
+    default=640,
+    show_default=True,
+    help="Photos are shrunk to this longer side for detection (crops use full resolution).",
+)
+@click.option(
+    "--workers",
+    default=min(4, os.cpu_count() or 1),
+    show_default=True,
+    help="Images processed at once.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def align_cmd(
+    data, output, detector, root, pick, min_size, min_score, size, max_side, workers, device, quiet
+):
+    """Detect faces in DATA and warp each to the ArcFace 112x112 five-point template.
+
+    DATA is an image folder, a 'path label' list file or a .rec. Images where no face is
+    found are listed in <output>.failures.tsv. A killed run resumes when run again.
+    """
+    from faceclean.data.align import align
+
+    r = align(
+        data,
+        output,
+        detector,
+        root=root,
+        pick=pick,
+        min_size=min_size,
+        min_score=min_score,
+        size=size,
+        max_side=max_side,
+        workers=workers,
+        device=device,
+        progress=not quiet,
+    )
+    if quiet:
+        return
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    table = Table(title="faceclean align", show_header=False)
+    rows = [
+        ("output", str(r.output) + (f"  (list {r.list_path})" if r.list_path else "")),
+        ("images", f"{r.num_images:,} ({r.num_resumed:,} from an earlier run)"),
+        ("faces written", f"{r.num_faces:,}"),
+        (
+            "no face / failed",
+            f"{r.num_failed:,}" + (f"  -> {r.failures_path}" if r.failures_path else ""),
+        ),
+        ("detector", f"{r.detector} on {', '.join(r.providers)}"),
+        ("time", f"{r.seconds:.1f} s, {r.images_per_second:,.1f} images/s"),
+    ]
+    if r.residuals:
+        rows.append(("landmark fit", f"median RMS {r.median_residual:.2f} px on the template"))
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
