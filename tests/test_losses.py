@@ -116,7 +116,7 @@ def test_npcface_matches_a_direct_computation():
         m = 0.4 + (0.2 * torch.stack([cos[i, k] for k in hard]).mean() if hard else 0.0)
         logits = cos[i].clone()
         for k in hard:
-            logits[k] = 1.1 * cos[i, k] + 0.2
+            logits[k] = 1.1 * cos[i, k] + 0.25  # the paper's a (FaceX-Zoo: 0.2)
         logits[y[i]] = torch.cos(t + m)
         rows.append(64 * logits)
     assert torch.allclose(head(x, y), F.cross_entropy(torch.stack(rows), y), atol=1e-8)
@@ -143,11 +143,38 @@ def test_bad_margins_are_errors():
 
 def test_partial_fc_full_rate_equals_plain_head_and_sampling_keeps_positives():
     x, y = batch(n=8, d=8, c=50, seed=6)
+    torch.manual_seed(0)
     head = create_head("arcface", 8, 50)
-    assert torch.allclose(PartialFC(head, 1.0)(x, y), head(x, y))
-    sampled = PartialFC(head, 0.2)
+    torch.manual_seed(0)
+    same = PartialFC(create_head("arcface", 8, 50), 1.0)
+    assert torch.equal(same.weight, head.weight)
+    assert torch.allclose(same(x, y), head(x, y))
+    sampled = PartialFC(create_head("arcface", 8, 50), 0.2)
     loss = sampled(x, y)
     assert torch.isfinite(loss) and loss.item() != head(x, y).item()
+
+
+def test_sample_rate_is_a_share_of_all_classes_positives_included():
+    head = create_head("arcface", 8, 100).set_sampling(0.2, seed=3)
+    labels = torch.tensor([1, 5, 5, 9, 40, 77, 78, 99])
+    index = head.sampled_classes(labels)
+    assert len(index) == 20  # 20% of 100 classes: the 7 positives and 13 negatives
+    assert set(labels.tolist()) <= set(index.tolist())
+    assert torch.equal(index, head.sampled_classes(labels))  # keyed by the draw count
+    many = torch.arange(0, 100, 3)  # 34 positives > 20: all of them, no negatives
+    assert head.sampled_classes(many).tolist() == many.tolist()
+    with pytest.raises(FacecleanError, match="outside"):
+        head.set_sampling(1.5)
+
+
+def test_adaface_batch_of_one_leaves_the_statistics_finite():
+    x, y = batch(n=6, d=8, c=5, seed=7)
+    head = create_head("adaface", 8, 5)
+    head(x[:1], y[:1]).backward()
+    assert torch.isfinite(head.batch_std) and head.batch_std.item() == 100.0
+    loss = head(x, y)
+    assert torch.isfinite(loss) and torch.isfinite(head.batch_std)
+    assert head.batch_std.item() != 100.0  # a real batch still updates them
 
 
 def test_backbone_flops_of_known_configurations():
