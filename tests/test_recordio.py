@@ -2,6 +2,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from faceclean.data.datasets import read_rec
 from faceclean.data.recordio import (
@@ -74,7 +76,7 @@ def test_non_consecutive_labels_are_refused_and_nothing_is_left(tmp_path):
 def test_idx_that_does_not_match_the_rec_is_an_error(tmp_path):
     write_face_rec(tmp_path / "train.rec", [(0, b"a" * 10), (1, b"b" * 10)])
     lines = (tmp_path / "train.idx").read_text().splitlines()
-    lines[1] = lines[1].split("\t")[0] + "\t6"  # an offset inside another record
+    lines[1] = lines[1].split("\t")[0] + "\t8"  # an offset inside another record
     (tmp_path / "train.idx").write_text("\n".join(lines) + "\n")
     with pytest.raises(FacecleanError, match=r"train\.rec: train\.idx does not match"):
         read_rec(tmp_path / "train.rec")
@@ -87,8 +89,115 @@ def test_idx_with_a_garbage_line_names_the_line(tmp_path):
         read_rec(tmp_path / "train.rec")
 
 
-def test_missing_idx_is_named(tmp_path):
-    write_face_rec(tmp_path / "train.rec", [(0, b"a")])
+def _im2rec(path, labels_per_image, n_labels=1, ids=None):
+    """An im2rec-style .rec (+ .idx): every record an image, key = header id = index."""
+    with RecordWriter(path) as w:
+        for i, lab in enumerate(labels_per_image):
+            key = i if ids is None else ids[i]
+            label = float(lab) if n_labels == 1 else np.arange(n_labels, dtype=np.float32) + lab
+            w.write(key, pack(IRHeader(0, label, key, 0), f"image-{i}".encode()))
+
+
+def test_multi_label_im2rec_is_not_mistaken_for_the_insightface_header(tmp_path):
+    # Record 0 has flag 3 and labels (4, 5, 6): the InsightFace reading would take it as a
+    # header announcing images 1..3 and silently drop 9 of 12 images.
+    _im2rec(tmp_path / "multi.rec", [4, 4, 4, 1, 1, 1, 2, 2, 2, 0, 0, 0], n_labels=3)
+    ds = read_rec(tmp_path / "multi.rec")
+    assert len(ds) == 12 and ds.source.startswith("RecordIO, im2rec layout (3 labels")
+    assert ds.identities == ["0", "1", "2", "4"]
+    assert [ds.read(i) for i in (0, 11)] == [b"image-0", b"image-11"]
+    assert any("first is the identity" in w for w in ds.warnings)
+
+
+def test_single_label_im2rec_every_record_is_an_image(tmp_path):
+    _im2rec(tmp_path / "single.rec", [3, 3, 0])
+    ds = read_rec(tmp_path / "single.rec")
+    assert ds.source == "RecordIO, im2rec layout" and ds.labels.tolist() == [1, 1, 0]
+    assert ds.path(0) == "single.rec#0"
+
+
+def test_rec_without_idx_is_indexed_by_a_scan(tmp_path):
+    items = [(10, b"img-a" * 300), (10, struct.pack("<I", MAGIC) * 3), (42, b"img-c")]
+    write_face_rec(tmp_path / "train.rec", items)
+    with_idx = read_rec(tmp_path / "train.rec")
     (tmp_path / "train.idx").unlink()
-    with pytest.raises(FacecleanError, match=r"train\.idx: file not found"):
+    ds = read_rec(tmp_path / "train.rec")
+    assert "indexed 6 records by a scan" in ds.source
+    assert [ds.read(i) for i in range(3)] == [with_idx.read(i) for i in range(3)]
+    assert ds.labels.tolist() == with_idx.labels.tolist()
+    assert not (tmp_path / "train.idx").exists()  # the scan writes nothing
+    # im2rec shuffles: record order differs from key order; keys come from the header ids.
+    _im2rec(tmp_path / "shuf.rec", [5, 6, 7], ids=[2, 0, 1])
+    (tmp_path / "shuf.idx").unlink()
+    ds = read_rec(tmp_path / "shuf.rec")
+    assert ds.path(0) == "shuf.rec#0" and ds.read(0) == b"image-1"
+
+
+@pytest.mark.parametrize(
+    ("idx", "message"),
+    [
+        (b"\x00\x01\xff\xfe binary", r"train\.idx: not a RecordIO index \(binary data"),
+        (b"0\t0\n1\t99999\n", r"train\.idx: line 2: offset 99999 is not a record start"),
+        (b"0\t0\n0\t0\n", r"train\.idx: line 2: key 0 is listed twice"),
+        (b"0\t0\n", r"train\.rec: train\.idx is incomplete"),
+        (b"0\t0 extra\n", r"train\.idx: line 1: expected 'key<TAB>offset'"),
+    ],
+)
+def test_corrupt_idx_is_a_named_error(tmp_path, idx, message):
+    write_face_rec(tmp_path / "train.rec", [(0, b"a" * 40), (1, b"b" * 40)])
+    (tmp_path / "train.idx").write_bytes(idx)
+    with pytest.raises(FacecleanError, match=message):
         read_rec(tmp_path / "train.rec")
+
+
+def test_garbage_rec_without_idx_is_a_named_error(tmp_path):
+    (tmp_path / "junk.rec").write_bytes(b"not a recordio file at all")
+    with pytest.raises(FacecleanError, match=r"junk\.rec: record 0 .* magic number"):
+        read_rec(tmp_path / "junk.rec")
+
+
+def test_non_integral_rec_label_is_named(tmp_path):
+    _im2rec(tmp_path / "f.rec", [1.5])
+    with pytest.raises(FacecleanError, match=r"f\.rec: record key 0: label 1\.5 is not a small"):
+        read_rec(tmp_path / "f.rec")
+
+
+# Property-based: any labels, any payloads (including the magic word, which splits a record
+# into parts), either layout, with or without .idx: the reader gives back exactly what was
+# written, never fewer records.
+_payload = st.lists(
+    st.sampled_from([b"x", b"\x0a\x23\xd7\xce", b"\0\0\0", b"jpeg"]), min_size=0, max_size=6
+).map(b"".join)
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    labels=st.lists(st.integers(0, 2**24), min_size=1, max_size=10),
+    payloads=st.lists(_payload, min_size=10, max_size=10),
+    n_labels=st.integers(1, 5),
+    layout=st.sampled_from(["insightface", "im2rec"]),
+    drop_idx=st.booleans(),
+)
+def test_rec_reader_gives_back_what_was_written(
+    tmp_path, labels, payloads, n_labels, layout, drop_idx
+):
+    rec = tmp_path / f"p-{layout}.rec"
+    images = [b"I" + payloads[i] for i in range(len(labels))]  # an image is never empty
+    if layout == "insightface":
+        order = sorted(range(len(labels)), key=lambda i: labels[i])  # grouped by label
+        write_face_rec(rec, [(labels[i], images[i]) for i in order])
+        labels, images = [labels[i] for i in order], [images[i] for i in order]
+    else:
+        with RecordWriter(rec) as w:
+            for i, lab in enumerate(labels):
+                label = np.asarray([lab] + [7] * (n_labels - 1), np.float32)
+                header = IRHeader(0, float(lab) if n_labels == 1 else label, i, 0)
+                w.write(i, pack(header, images[i]))
+    if drop_idx:
+        rec.with_suffix(".idx").unlink()
+    ds = read_rec(rec)
+    assert ds.source.startswith(f"RecordIO, {layout} layout")
+    assert [ds.read(i) for i in range(len(ds))] == images
+    assert [int(ds.identities[k]) for k in ds.labels] == labels

@@ -146,46 +146,92 @@ class RecordWriter:
 
 
 class RecordReader:
-    """Random access to an indexed RecordIO pair. Thread-safe: reads use ``os.pread``."""
+    """Random access to a RecordIO file. Thread-safe: reads use ``os.pread``.
+
+    The ``.idx`` beside the ``.rec`` gives each key's offset. Without one, the file is
+    indexed by one sequential scan (``scanned`` is then True): keys are the records' header
+    ids when those are unique (im2rec and InsightFace write id = key), else their positions.
+    """
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path else self.rec_path.with_suffix(".idx")
-        for p in (self.rec_path, self.idx_path):
-            if not p.is_file():
-                raise FacecleanError("file not found", p)
-        self.offsets = _read_index(self.idx_path)
+        if not self.rec_path.is_file():
+            raise FacecleanError("file not found", self.rec_path)
         self._size = self.rec_path.stat().st_size
         self._fd = os.open(self.rec_path, os.O_RDONLY)
+        try:
+            self.scanned = not self.idx_path.exists()
+            if self.scanned:
+                self.offsets = self._scan()
+            else:
+                self.offsets = _read_index(self.idx_path, self._size)
+                self._check_covers_the_file()
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     @property
     def keys(self) -> list[int]:
         return sorted(self.offsets)
 
-    def read(self, key: int) -> bytes:
-        """The body of record ``key``, multi-part records joined back together."""
-        if key not in self.offsets:
-            raise FacecleanError(f"record key {key} is not in {self.idx_path.name}", self.rec_path)
-        pos = self.offsets[key]
+    def _parts(self, pos: int, what: str) -> tuple[list[bytes], int]:
+        """The parts of the record starting at byte ``pos`` and the offset just after it."""
         parts: list[bytes] = []
         while True:
             head = os.pread(self._fd, 8, pos)
             if len(head) < 8 or head[:4] != _MAGIC_BYTES:
                 raise FacecleanError(
-                    f"{self.idx_path.name} does not match: record key {key} at byte offset "
-                    f"{pos} does not start with the RecordIO magic number",
+                    f"{what} at byte offset {pos} does not start with the RecordIO magic number",
                     self.rec_path,
                 )
             lrec = struct.unpack("<I", head[4:])[0]
             cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            if (cflag in (2, 3)) != bool(parts):
+                raise FacecleanError(
+                    f"{what} at byte offset {pos} has continuation flag {cflag} out of order",
+                    self.rec_path,
+                )
             data = os.pread(self._fd, length, pos + 8)
             if len(data) < length:
-                raise FacecleanError(f"record key {key} is truncated", self.rec_path)
+                raise FacecleanError(f"{what} is truncated", self.rec_path)
             parts.append(data)
-            if cflag in (0, 3):
-                break
             pos += 8 + length + (-length) % 4
-        return _MAGIC_BYTES.join(parts)
+            if cflag in (0, 3):
+                return parts, pos
+
+    def _scan(self) -> dict[int, int]:
+        starts: list[int] = []
+        ids: list[int] = []
+        pos = 0
+        while pos < self._size:
+            parts, end = self._parts(pos, f"record {len(starts)} (no {self.idx_path.name}, scan)")
+            body = parts[0] if len(parts[0]) >= _HEADER.size else _MAGIC_BYTES.join(parts)
+            ids.append(_HEADER.unpack_from(body)[2] if len(body) >= _HEADER.size else -1)
+            starts.append(pos)
+            pos = end
+        keys = ids if len(set(ids)) == len(ids) and min(ids, default=0) >= 0 else range(len(ids))
+        return dict(zip(keys, starts, strict=True))
+
+    def _check_covers_the_file(self) -> None:
+        """An index that stops short of the file's end would silently hide records."""
+        if not self.offsets:
+            return
+        last_key = max(self.offsets, key=self.offsets.get)
+        _, end = self._parts(self.offsets[last_key], f"{self.idx_path.name} record key {last_key}")
+        if end < self._size:
+            raise FacecleanError(
+                f"{self.idx_path.name} is incomplete: its records end at byte {end} but the .rec "
+                f"has {self._size} bytes (delete the .idx to have the .rec indexed by a scan)",
+                self.rec_path,
+            )
+
+    def read(self, key: int) -> bytes:
+        """The body of record ``key``, multi-part records joined back together."""
+        if key not in self.offsets:
+            raise FacecleanError(f"record key {key} is not in {self.idx_path.name}", self.rec_path)
+        what = f"{self.idx_path.name} does not match: record key {key}"
+        return _MAGIC_BYTES.join(self._parts(self.offsets[key], what)[0])
 
     def read_header(self, key: int) -> IRHeader:
         """Only the IRHeader of record ``key`` (reads a few dozen bytes)."""
@@ -195,9 +241,10 @@ class RecordReader:
             return unpack(self.read(key))[0]  # raises the precise error
         lrec = struct.unpack("<I", head[4:8])[0]
         flag = _HEADER.unpack_from(head, 8)[0]
-        if lrec >> 29 or flag > 4:
-            return unpack(self.read(key))[0]
-        return unpack(head[8 : 8 + min(lrec & _LENGTH_MASK, _HEADER.size + 4 * flag)])[0]
+        length = lrec & _LENGTH_MASK
+        if lrec >> 29 or flag > 4 or length < _HEADER.size + 4 * flag:
+            return _unpack_checked(self.read(key), key, self.rec_path)[0]
+        return unpack(head[8 : 8 + _HEADER.size + 4 * flag])[0]
 
     def close(self) -> None:
         os.close(self._fd)
@@ -209,20 +256,46 @@ class RecordReader:
         self.close()
 
 
-def _read_index(idx_path: Path) -> dict[int, int]:
+def _unpack_checked(record: bytes, key: int, path: Path) -> tuple[IRHeader, bytes]:
+    try:
+        return unpack(record)
+    except ValueError as e:
+        raise FacecleanError(f"record key {key}: {e}", path) from None
+
+
+def _read_index(idx_path: Path, rec_size: int) -> dict[int, int]:
+    """Parse a text ``key<TAB>offset`` index; anything else is a FacecleanError."""
+    try:
+        data = idx_path.read_bytes()
+    except OSError as e:
+        raise FacecleanError(f"cannot read the index: {e.strerror}", idx_path) from None
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise FacecleanError(
+            "not a RecordIO index (binary data; expected 'key<TAB>offset' text lines)", idx_path
+        ) from None
     offsets: dict[int, int] = {}
-    with open(idx_path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            try:
-                key, offset = int(fields[0]), int(fields[1])
-            except (ValueError, IndexError):
-                raise FacecleanError(
-                    f"line {lineno}: expected 'key<TAB>offset', got {line.strip()[:60]!r}", idx_path
-                ) from None
-            offsets[key] = offset
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != 2:
+                raise ValueError
+            key, offset = int(fields[0]), int(fields[1])
+        except ValueError:
+            raise FacecleanError(
+                f"line {lineno}: expected 'key<TAB>offset', got {line.strip()[:60]!r}", idx_path
+            ) from None
+        if not 0 <= offset < rec_size or offset % 4:
+            raise FacecleanError(
+                f"line {lineno}: offset {offset} is not a record start in a {rec_size}-byte .rec",
+                idx_path,
+            )
+        if key in offsets:
+            raise FacecleanError(f"line {lineno}: key {key} is listed twice", idx_path)
+        offsets[key] = offset
     return offsets
 
 
