@@ -45,14 +45,16 @@ def noisy_store(tmp_path):
     return tmp_path / "noisy.parquet", ns
 
 
-def test_filter_matches_brute_force_reference(noisy_store):
+@pytest.mark.parametrize("loo_below", [None, 10])
+def test_filter_matches_brute_force_reference(noisy_store, loo_below):
+    # None (the default): leave-one-out own centroid for every class; 10: 0.1's behaviour
     path, ns = noisy_store
-    result = filter_store(path, 0.3, batch_rows=97)
+    result = filter_store(path, 0.3, batch_rows=97, loo_below=loo_below)
     s = result.scores
     x = np.stack(ns.table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float64)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     y = ns.table["label"].to_numpy()
-    cos_pos, neg, cos_neg, d = reference_scores(x, y, loo_below=10)
+    cos_pos, neg, cos_neg, d = reference_scores(x, y, loo_below=loo_below or np.inf)
     assert np.allclose(s["cos_pos"].to_numpy(), cos_pos, atol=1e-5)
     assert np.allclose(s["cos_neg"].to_numpy(), cos_neg, atol=1e-5)
     assert (s["hardest_negative"].to_numpy() == neg).all()

@@ -1,6 +1,7 @@
 """`faceclean clean`: filter then merge, and write the clean list training reads.
 
-Outputs, in one folder, each written under a temporary name and renamed when complete:
+Outputs, in one folder built in a temporary sibling and swapped in whole when complete (a
+failed or killed re-run leaves the previous folder as it was; see :mod:`faceclean.outputs`):
 ``scores.parquet`` (per sample, see :mod:`.filter`), ``merges.parquet`` (``label``,
 ``merged_label``, ``group_size``), ``pairs.parquet`` (``label_a``, ``label_b``, ``cosine``,
 ``merged``), the clean list, and ``summary.json``.
@@ -9,6 +10,10 @@ The clean list holds the kept samples with ``path``, ``label`` (new, contiguous 
 order of merged label), ``original_label`` and ``identity``: as Parquet, as ``path label``
 lines (``--format lst``), or as a new InsightFace ``.rec``/``.idx`` (``--format rec``,
 which reads the images again from the dataset the embeddings came from).
+
+A threshold that drops every sample is an error naming the largest D seen: an empty clean
+list is never written as if it were a result. ``--format lst`` cannot hold a path with a
+tab, newline or carriage return: such a path is a named error (use Parquet).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from faceclean.data.datasets import read_image_bytes
 from faceclean.data.recordio import write_face_rec
 from faceclean.data.store import as_paths, atomic_path, iter_row_groups, read_metadata
 from faceclean.errors import FacecleanError
+from faceclean.outputs import writing
 
 FORMATS = ("parquet", "lst", "rec")
 
@@ -85,6 +91,12 @@ def write_clean_list(
         with atomic_path(output) as tmp, open(tmp, "w") as f:
             for t in _clean_batches(scores, mapping):
                 for p, lab in zip(t["path"].to_pylist(), t["label"].to_pylist(), strict=True):
+                    if "\t" in p or "\n" in p or "\r" in p:
+                        raise FacecleanError(
+                            f"path {p!r} holds a tab or line break, which a 'path label' "
+                            "list cannot hold; use --format parquet",
+                            output,
+                        )
                     f.write(f"{p}\t{lab}\n")
                 rows += t.num_rows
     else:
@@ -131,11 +143,12 @@ def clean(
     *,
     fmt: str = "parquet",
     max_group_size: int = 0,
-    loo_below: int = 10,
+    loo_below: int | None = None,
     data_root: str | Path | None = None,
     device: str = "auto",
     batch_rows: int = 65536,
     backend: str = "auto",
+    overwrite: bool = False,
 ) -> CleanResult:
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
@@ -143,9 +156,47 @@ def clean(
 
     Merging uses centroids of the kept samples only, from the sums the filter pass
     already has, so the whole clean reads the embeddings twice (sums, then scores).
+
+    ``output_dir`` must not exist unless ``overwrite``; it is checked and locked before
+    any work, built aside and swapped in whole (see :mod:`faceclean.outputs`).
     """
     embeddings, out = as_paths(embeddings), Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if fmt not in FORMATS:
+        raise FacecleanError(f"format must be one of {FORMATS}, not {fmt!r}")
+    if data_root is None and fmt == "rec":
+        data_root = read_metadata(embeddings[0]).get("dataset")
+    inputs = [*embeddings, data_root]
+    with writing(out, overwrite=overwrite, inputs=inputs, folder=True) as tmp:
+        r = _clean(
+            embeddings,
+            tmp,
+            tau_intra,
+            tau_inter,
+            fmt,
+            max_group_size,
+            loo_below,
+            data_root,
+            device,
+            batch_rows,
+            backend,
+        )
+    r.outputs = {k: out / p.name for k, p in r.outputs.items()}
+    return r
+
+
+def _clean(
+    embeddings,
+    out,
+    tau_intra,
+    tau_inter,
+    fmt,
+    max_group_size,
+    loo_below,
+    data_root,
+    device,
+    batch_rows,
+    backend,
+) -> CleanResult:
     paths = {
         "scores": out / "scores.parquet",
         "merges": out / "merges.parquet",
@@ -153,8 +204,6 @@ def clean(
         "clean": out / {"parquet": "clean.parquet", "lst": "clean.lst", "rec": "train.rec"}[fmt],
         "summary": out / "summary.json",
     }
-    if data_root is None and fmt == "rec":
-        data_root = read_metadata(embeddings[0]).get("dataset")
     fr = filter_store(
         embeddings,
         tau_intra,
@@ -163,8 +212,8 @@ def clean(
         batch_rows=batch_rows,
         device=device,
         backend=backend,
-        overwrite=True,
     )
+    fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
     mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
     for key in ("merges", "pairs"):
         with atomic_path(paths[key]) as tmp:
@@ -186,7 +235,9 @@ def clean(
         "singleton_classes": fr.num_singletons,
         "classes_emptied_by_filter": fr.num_emptied,
         "merged_groups": len(mr.groups),
-        "classes_in_merged_groups": int(sum(len(g) for g in mr.groups)),
+        "classes_in_merged_groups": mr.classes_in_groups,
+        "merged_share": round(mr.merged_share, 4),
+        "warning": mr.warning,
         "groups_split_by_guard": mr.num_split_groups,
         "largest_groups": mr.groups[:10],
         "clean_rows": rows,

@@ -1,8 +1,13 @@
 """`faceclean evaluate-cleaning`: a clean's output scored against injected noise, and a
-sweep of both thresholds written as a table and a precision-recall plot."""
+sweep of both thresholds written as a table and a precision-recall plot.
+
+``sweep.csv`` and ``sweep.png`` go beside the clean's outputs: both are built under
+temporary names and renamed together (the table last), an existing pair needs
+``overwrite``, and a lock refuses a second writer (see :mod:`faceclean.outputs`)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +19,8 @@ from faceclean.cleaning.clean import read_clean_summary
 from faceclean.cleaning.filter import filter_store
 from faceclean.cleaning.merge import merge_classes
 from faceclean.cleaning.noise import evaluate, split_pairs
-from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
+from faceclean.outputs import commit_files, tmp_sibling, writing
 
 TAU_INTRA_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TAU_INTER_SWEEP = (0.3, 0.4, 0.5, 0.55, 0.6, 0.62, 0.65, 0.7, 0.8, 0.9)
@@ -38,6 +43,7 @@ def sweep(
     pairs: set,
     tau_intra: float,
     device: str = "auto",
+    loo_below: int | None = None,
 ) -> pa.Table:
     """Quality at every threshold of the sweeps: filter sweep reuses the scores' D; merge
     sweep merges the centroids of the samples kept at ``tau_intra``."""
@@ -46,7 +52,7 @@ def sweep(
     for t in TAU_INTRA_SWEEP:
         keep = ~(d < t)
         rows.append({"stage": "filter", "threshold": t, **evaluate(keep, noise)})
-    fr = filter_store(embeddings, tau_intra, None, device=device)
+    fr = filter_store(embeddings, tau_intra, None, loo_below=loo_below, device=device)
     keep = fr.scores["keep"].to_numpy(zero_copy_only=False)
     for t in TAU_INTER_SWEEP:
         mr = merge_classes(fr.kept_sums, fr.kept_counts, t, device=device)
@@ -78,13 +84,15 @@ def plot_sweep(table: pa.Table, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
 
 
 def evaluate_clean_dir(
-    clean_dir: str | Path, truth_path: str | Path, do_sweep: bool = False
+    clean_dir: str | Path,
+    truth_path: str | Path,
+    do_sweep: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Score ``faceclean clean`` outputs in ``clean_dir`` against an inject-noise truth.
 
@@ -93,6 +101,18 @@ def evaluate_clean_dir(
     """
     clean_dir, truth_path = Path(clean_dir), Path(truth_path)
     summary = read_clean_summary(clean_dir)
+    if not truth_path.is_file():
+        raise FacecleanError("truth table not found", truth_path)
+    csv_path, png_path = clean_dir / "sweep.csv", clean_dir / "sweep.png"
+    with contextlib.ExitStack() as stack:
+        if do_sweep:  # checked and locked before any work
+            stack.enter_context(
+                writing(csv_path, overwrite=overwrite, inputs=[truth_path], companions=[png_path])
+            )
+        return _evaluate(clean_dir, truth_path, summary, csv_path if do_sweep else None)
+
+
+def _evaluate(clean_dir: Path, truth_path: Path, summary: dict, csv_path: Path | None) -> dict:
     scores = pq.read_table(clean_dir / "scores.parquet")
     truth = pq.read_table(truth_path)
     noise = _aligned_noise(scores, truth, truth_path)
@@ -102,10 +122,23 @@ def evaluate_clean_dir(
     merged[merges["label"].to_numpy()] = merges["merged_label"].to_numpy()
     pairs = split_pairs(truth)
     result = evaluate(scores["keep"].to_numpy(zero_copy_only=False), noise, merged, pairs)
-    if do_sweep:
-        table = sweep(summary["embeddings"], scores, noise, pairs, summary["tau_intra"])
-        with atomic_path(clean_dir / "sweep.csv") as tmp:
-            pacsv.write_csv(table, tmp)
-        plot_sweep(table, clean_dir / "sweep.png")
-        result["sweep"] = str(clean_dir / "sweep.csv")
+    if csv_path is not None:
+        table = sweep(
+            summary["embeddings"],
+            scores,
+            noise,
+            pairs,
+            summary["tau_intra"],
+            loo_below=summary.get("loo_below"),
+        )
+        png_path = csv_path.with_name("sweep.png")
+        csv_tmp, png_tmp = tmp_sibling(csv_path), tmp_sibling(png_path)
+        try:
+            pacsv.write_csv(table, csv_tmp)
+            plot_sweep(table, png_tmp)
+            commit_files([(png_tmp, png_path), (csv_tmp, csv_path)])
+        finally:
+            csv_tmp.unlink(missing_ok=True)
+            png_tmp.unlink(missing_ok=True)
+        result["sweep"] = str(csv_path)
     return result

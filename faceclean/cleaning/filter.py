@@ -3,9 +3,11 @@
 For L2-normalised embeddings x_i with labels y_i (DESIGN.md, "The cleaning math"):
 
 * centroid c_k = normalise(sum of x_i with label k), summed streaming over row groups;
-* cos_pos(i) = x_i . c_{y_i}; in a class of fewer than ``loo_below`` samples the own
-  centroid leaves x_i out (c = normalise(S_y - x_i)), so a sample never vouches for itself
-  in a tiny class;
+* cos_pos(i) = x_i . c_{y_i} where the own centroid leaves x_i out,
+  c = normalise(S_y - x_i) (exact, same cost), so a sample never vouches for itself.
+  Measured on real faces with injected noise (ORL, see the README), it finds noise far
+  better than the full centroid. ``loo_below=n`` restores 0.1's behaviour: leave-one-out
+  only in classes of fewer than n samples, the full centroid elsewhere;
 * the hardest negative n*(i) = argmax_{k != y_i} x_i . c_k (exact FAISS inner-product
   top-2 over the centroids of non-empty classes), cos_neg(i) = x_i . c_{n*(i)};
 * discriminability D_i = cos_pos / cos_neg. Where cos_neg <= 1e-6 the ratio means nothing:
@@ -19,6 +21,7 @@ sample is dropped vanish from the clean list and are counted in the summary.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +32,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex
-from faceclean.data.store import as_paths, atomic_path, iter_embeddings, open_stores
+from faceclean.data.store import (
+    as_paths,
+    atomic_path,
+    iter_row_groups,
+    open_store,
+    open_stores,
+)
 from faceclean.errors import FacecleanError
+from faceclean.outputs import writing
 from faceclean.progress import RowProgress
 
 EPS = 1e-6
@@ -38,15 +48,49 @@ SCORE_COLUMNS = ("cos_pos", "hardest_negative", "cos_neg", "discriminability", "
 
 
 def _checked_batches(paths, columns, batch_rows: int) -> Iterator[dict]:
-    """Stream one or several stores, refusing NaN/inf and zero-norm embeddings and negative
-    labels with an error naming the file and row."""
-    for path in as_paths(paths):
-        yield from _checked_file(path, columns, batch_rows)
+    """Stream one or several stores, refusing null, NaN/inf and zero-norm embeddings, null
+    or negative labels, and labels far beyond the number of rows, with an error naming
+    the file and row."""
+    paths = as_paths(paths)
+    rows = sum(pf.metadata.num_rows for _, pf in open_stores(paths))
+    for path in paths:
+        yield from _checked_file(path, columns, batch_rows, max_label_bound(rows))
 
 
-def _checked_file(path: Path, columns, batch_rows: int) -> Iterator[dict]:
+def max_label_bound(rows: int) -> int:
+    """The largest label accepted in a store of ``rows`` rows.
+
+    Per-class sums take (largest label + 1) x dim float64, so a label of 2^40 would ask
+    for petabytes: labels are ids 0..K-1 with K <= rows, and sharded or split-noise label
+    spaces stay within twice the rows; anything beyond is refused, not allocated."""
+    return 2 * rows + 1024
+
+
+def _as_numpy(batch, name: str, dim: int, path: Path, start: int) -> np.ndarray:
+    col = batch.column(name)
+    nulls = col.is_null() if col.null_count else None
+    if name == "embedding":
+        if nulls is not None or col.flatten().null_count:
+            # A null list, or a null value inside one: name the first row holding either.
+            bad = col.is_null().to_numpy(zero_copy_only=False).copy()
+            if not bad.any():
+                inner = col.flatten().is_null().to_numpy(zero_copy_only=False)
+                bad = inner.reshape(-1, dim).any(axis=1)
+            raise FacecleanError(f"row {start + int(np.argmax(bad))}: embedding is null", path)
+        values = col.flatten().to_numpy(zero_copy_only=False)
+        return values.astype(np.float32, copy=False).reshape(-1, dim)
+    if nulls is not None:
+        row = start + int(np.argmax(nulls.to_numpy(zero_copy_only=False)))
+        raise FacecleanError(f"row {row}: {name} is null", path)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _checked_file(path: Path, columns, batch_rows: int, max_label: int) -> Iterator[dict]:
+    pf = open_store(path)
+    dim = pf.schema_arrow.field("embedding").type.list_size
     start = 0
-    for batch in iter_embeddings(path, columns, batch_rows):
+    for record_batch in iter_row_groups(pf, list(columns), batch_rows):
+        batch = {c: _as_numpy(record_batch, c, dim, path, start) for c in columns}
         emb, labels = batch["embedding"], batch["label"]
         bad = ~np.isfinite(emb).all(axis=1)
         if bad.any():
@@ -58,6 +102,13 @@ def _checked_file(path: Path, columns, batch_rows: int) -> Iterator[dict]:
             raise FacecleanError(f"row {row}: embedding has zero norm", path)
         if (labels < 0).any():
             raise FacecleanError(f"row {start + int(np.argmax(labels < 0))}: negative label", path)
+        if len(labels) and labels.max() > max_label:
+            row = start + int(np.argmax(labels > max_label))
+            raise FacecleanError(
+                f"row {row}: label {int(labels[row - start])} is far beyond the number of "
+                f"rows (labels must be ids 0..K-1; the largest accepted here is {max_label})",
+                path,
+            )
         # Stored float16 or slightly off unit length: renormalise so the maths is exact.
         if np.abs(norms - 1).max() > 1e-5:
             batch["embedding"] = emb / norms[:, None]
@@ -137,6 +188,17 @@ class FilterResult:
     device: str
     scores: pa.Table | None = None
     output: Path | None = None
+    max_discriminability: float = float("nan")  # the largest D (NaN: only singletons)
+
+    def require_kept(self, tau_intra: float, where=None) -> None:
+        """Raise a named error when the threshold dropped every sample: an empty clean
+        list or merge must never look like a result."""
+        if self.num_kept == 0:
+            raise FacecleanError(
+                f"tau_intra {tau_intra} drops every sample (the largest D is "
+                f"{self.max_discriminability:.3g}); nothing would be left: lower --tau-intra",
+                where,
+            )
 
     @property
     def dropped_per_class(self) -> np.ndarray:
@@ -148,7 +210,7 @@ def score_batches(
     path: str | Path | list,
     sums: np.ndarray,
     counts: np.ndarray,
-    loo_below: int = 10,
+    loo_below: int | None = None,
     batch_rows: int = 65536,
     device: str = "auto",
     columns: tuple[str, ...] = ("path", "label", "identity", "embedding"),
@@ -180,7 +242,7 @@ def score_batches(
         # Leave-one-out: x . (S - x) / |S - x| with |x| = 1.
         with np.errstate(invalid="ignore", divide="ignore"):
             loo = (dot - 1.0) / np.sqrt(np.maximum(sq_norms[y] - 2.0 * dot + 1.0, 0.0))
-        cos_pos = np.where(n_y < loo_below, loo, full)
+        cos_pos = loo if loo_below is None else np.where(n_y < loo_below, loo, full)
         singleton = n_y == 1
         cos_pos[singleton] = np.nan
         d = discriminability(cos_pos, cos_neg)
@@ -202,7 +264,7 @@ def filter_store(
     tau_intra: float = 0.3,
     output: str | Path | None = None,
     *,
-    loo_below: int = 10,
+    loo_below: int | None = None,
     batch_rows: int = 65536,
     device: str = "auto",
     backend: str = "auto",
@@ -218,7 +280,8 @@ def filter_store(
         output: scores Parquet to write (columns ``path``, ``label``, ``identity``,
             ``cos_pos``, ``hardest_negative``, ``cos_neg``, ``discriminability``, ``keep``).
             None keeps the table in memory (``result.scores``).
-        loo_below: classes with fewer samples use leave-one-out own centroids.
+        loo_below: None (default): every own centroid leaves the sample out; n: only in
+            classes of fewer than n samples (0.1's behaviour with 10).
         batch_rows: rows per streamed batch (bounds memory).
         device: "auto" (GPU when FAISS sees one), "cpu" or "cuda".
         backend: "auto" (FAISS on GPU, blocked BLAS on CPU), "faiss" or "blas"; all exact.
@@ -230,8 +293,13 @@ def filter_store(
     """
     path = as_paths(path)
     output = Path(output) if output is not None else None
-    if output is not None and output.exists() and not overwrite:
-        raise FacecleanError("output already exists; pass --overwrite to replace it", output)
+    with contextlib.ExitStack() as stack:
+        if output is not None:  # checked and locked before any work
+            stack.enter_context(writing(output, overwrite=overwrite, inputs=path))
+        return _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, progress)
+
+
+def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, progress):
     sums, counts = class_sums(path, batch_rows)
     kept_sums = sums.copy()
     kept_counts = counts.copy()
@@ -253,7 +321,7 @@ def filter_store(
         if has_identity
         else ("path", "label", "embedding")
     )
-    tables, device_used = [], "cpu"
+    tables, device_used, top = [], "cpu", [float("nan")]
 
     def tables_out(writer):
         nonlocal device_used
@@ -263,6 +331,8 @@ def filter_store(
             bar.advance(len(batch["label"]))
             device_used = scores.pop("_device")
             d = scores["discriminability"]
+            if (~np.isnan(d)).any():
+                top[0] = float(np.fmax(top[0], np.nanmax(d)))
             keep = ~(d < tau_intra)  # NaN (singletons) is kept
             drop = ~keep
             if drop.any():
@@ -303,6 +373,7 @@ def filter_store(
         counts=counts,
         kept_counts=kept_counts,
         device=device_used,
+        max_discriminability=top[0],
         scores=pa.concat_tables(tables) if output is None else None,
         output=output,
     )

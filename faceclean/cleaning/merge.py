@@ -7,6 +7,11 @@ transitively (union-find). Transitivity can chain strangers (A~B, B~C, A and C u
 into one giant group, so ``max_group_size`` guards it: inside a group that is too large the
 weakest links are cut, one by one, until every part is small enough. Every group is
 reported, with every link and its cosine.
+
+Stated behaviour: with no class present (a filter that dropped everything) or one, there is
+nothing to link: every table is empty or the identity. A merge that unites more than
+``WARN_MERGED_SHARE`` of the classes is almost surely a threshold typo (``tau_inter`` near
+or below 0): it is flagged in ``MergeResult.warning`` and the CLI prints it loudly.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import pyarrow as pa
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex
 from faceclean.cleaning.filter import normalise_rows
+
+WARN_MERGED_SHARE = 0.5  # of the present classes, inside merged groups
 
 
 @dataclass
@@ -31,6 +38,12 @@ class MergeResult:
     pairs: pa.Table
     groups: list[list[int]]  # groups of two or more classes, largest first
     num_split_groups: int  # groups the chain guard had to cut
+    merged_share: float = 0.0  # share of the present classes inside merged groups
+    warning: str | None = None  # set when merged_share > WARN_MERGED_SHARE
+
+    @property
+    def classes_in_groups(self) -> int:
+        return int(sum(len(g) for g in self.groups))
 
 
 def _components(nodes: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
@@ -75,6 +88,9 @@ def centroid_links(
     centroids: np.ndarray, labels: np.ndarray, tau_inter: float, device: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (label_a < label_b) of the given unit centroids with cosine > tau_inter."""
+    if len(labels) < 2:  # nothing to link (and an index over nothing is ill-defined)
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
     index = InnerProductIndex(centroids, device)
     k = min(16, len(labels))
     while True:
@@ -125,6 +141,13 @@ def merge_classes(
         n_cut = sum(1 for g in _components(present, a, b) if len(g) > max_group_size)
     same = merged[a] == merged[b]
     groups.sort(key=lambda g: (-len(g), g[0]))
+    share = sum(len(g) for g in groups) / max(len(present), 1)
+    warning = None
+    if share > WARN_MERGED_SHARE:
+        warning = (
+            f"tau_inter {tau_inter} merged {share:.0%} of the {len(present)} classes into "
+            f"{len(groups)} group(s), the largest of {len(groups[0])}: check the threshold"
+        )
     return MergeResult(
         merged_label=merged,
         table=pa.table(
@@ -135,4 +158,6 @@ def merge_classes(
         ),
         groups=groups,
         num_split_groups=n_cut,
+        merged_share=share,
+        warning=warning,
     )

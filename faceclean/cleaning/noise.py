@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from faceclean.errors import FacecleanError
+
 NOISE_KINDS = ("clean", "flip", "outlier", "split")
 
 
@@ -46,14 +48,30 @@ def inject_noise(
             K, K+1, ...).
         seed: everything is drawn from ``numpy.random.default_rng(seed)``.
     """
+    for name, value in (("flip", flip), ("outlier", outlier), ("split", split)):
+        if not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise FacecleanError(f"--{name} is a fraction in [0, 1], not {value}")
+    if table.num_rows == 0:
+        raise FacecleanError("the embedding store is empty: nothing to corrupt")
+    if table["label"].null_count:
+        row = int(np.argmax(table["label"].is_null().to_numpy(zero_copy_only=False)))
+        raise FacecleanError(f"row {row}: label is null")
     rng = np.random.default_rng(seed)
     true = table["label"].to_numpy().astype(np.int64)
+    if true.min() < 0 or true.max() > 2 * len(true) + 1024:
+        bad = int(true.min() if true.min() < 0 else true.max())
+        raise FacecleanError(f"label {bad} is not an id in 0..K-1 with K at most the rows")
     k = int(true.max()) + 1
     noisy = true.copy()
     kind = np.zeros(len(true), np.int8)  # index into NOISE_KINDS
     ids = rng.permutation(k)
     n_out = int(round(outlier * k))
     held, kept_ids = ids[:n_out], ids[n_out:]
+    if len(kept_ids) < 2 and (n_out or flip > 0):
+        raise FacecleanError(
+            f"{k} identities, {n_out} held out as outliers: at least two must remain to "
+            "file outliers and flips under another identity"
+        )
     is_out = np.isin(true, held)
     noisy[is_out] = rng.choice(kept_ids, is_out.sum())
     kind[is_out] = 2

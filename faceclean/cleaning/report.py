@@ -1,6 +1,7 @@
 """`faceclean report`: what a person looks at after a clean.
 
-Reads a `faceclean clean` folder and writes, beside its outputs:
+Reads a `faceclean clean` folder and writes a report folder (``<clean>/report/`` by
+default; built aside and swapped in whole, an existing one needs ``overwrite``):
 ``discriminability.png`` (histogram of D, threshold marked), ``drops_per_class.csv``
 (classes by number of dropped samples), ``groups.csv`` (every merged group with its links),
 ``contact_sheet.png`` (the lowest-D samples beside the typical faces of their own class and
@@ -24,6 +25,7 @@ from faceclean.cleaning.clean import read_clean_summary
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import decode_image
 from faceclean.data.store import as_paths, atomic_path, read_metadata
+from faceclean.outputs import writing
 
 THUMB = 96
 
@@ -93,21 +95,35 @@ def _contact_sheet(
         sheet.save(tmp, format="PNG")
 
 
-def write_report(clean_dir: str | Path, data_root: str | Path | None = None) -> dict[str, Path]:
-    """Write the report files into ``clean_dir``; returns their paths by name.
+def write_report(
+    clean_dir: str | Path,
+    data_root: str | Path | None = None,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write the report folder; returns its files' paths by name.
 
     Args:
         clean_dir: a folder written by ``faceclean clean``.
         data_root: where the images are, for the contact sheet [default: the dataset the
             embeddings record; the sheet is skipped when its images cannot be found].
+        output: the report folder [default: ``clean_dir/report``].
+        overwrite: replace an existing report folder.
     """
     clean_dir = Path(clean_dir)
     summary = read_clean_summary(clean_dir)
+    output = Path(output) if output is not None else clean_dir / "report"
+    with writing(output, overwrite=overwrite, inputs=[clean_dir], folder=True) as tmp:
+        files = _write_report(clean_dir, summary, data_root, tmp)
+    return {k: output / v.name for k, v in files.items()}
+
+
+def _write_report(clean_dir: Path, summary: dict, data_root, folder: Path) -> dict[str, Path]:
     scores = pq.read_table(clean_dir / "scores.parquet")
     out = {
-        "histogram": clean_dir / "discriminability.png",
-        "drops": clean_dir / "drops_per_class.csv",
-        "groups": clean_dir / "groups.csv",
+        "histogram": folder / "discriminability.png",
+        "drops": folder / "drops_per_class.csv",
+        "groups": folder / "groups.csv",
     }
     _plot_discriminability(
         scores["discriminability"].to_numpy(zero_copy_only=False),
@@ -166,10 +182,10 @@ def write_report(clean_dir: str | Path, data_root: str | Path | None = None) -> 
 
     root = data_root or read_metadata(as_paths(summary["embeddings"])[0]).get("dataset")
     if root and Path(root).exists():
-        out["contact_sheet"] = clean_dir / "contact_sheet.png"
+        out["contact_sheet"] = folder / "contact_sheet.png"
         _contact_sheet(scores, Path(root), out["contact_sheet"])
 
-    out["html"] = clean_dir / "report.html"
+    out["html"] = folder / "report.html"
     top = drops.slice(0, 20).to_pylist()
     groups = summary.get("largest_groups", [])
     sources = ", ".join(map(str, as_paths(summary["embeddings"])))

@@ -7,24 +7,71 @@ from pathlib import Path
 import click
 
 from faceclean.cli.common import (
+    Finite,
     _backend,
     _batch_rows,
     _device,
     _loo,
+    _overwrite,
     _summary_table,
+    console,
     main,
 )
-from faceclean.data.store import sibling, write_tables
+from faceclean.data.store import sibling
+from faceclean.outputs import commit_files, tmp_sibling, writing
+
+_tau_intra_help = "Drop samples whose discriminability D is below this (paper: 0.3)."
+_tau_inter = click.option(
+    "--tau-inter",
+    type=Finite(-1.0, 1.0),
+    default=0.62,
+    show_default=True,
+    help="Merge classes whose centroid cosine exceeds this (paper: 0.62); below 0 needs --force.",
+)
+_force = click.option(
+    "--force", is_flag=True, help="Accept a --tau-inter below 0 (merges almost everything)."
+)
+_max_group = click.option(
+    "--max-group-size",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Chain guard: split bigger groups by cutting their weakest links (0: off).",
+)
+
+
+def _check_tau_inter(tau_inter: float, force: bool) -> None:
+    if tau_inter < 0 and not force:
+        raise click.BadParameter(
+            f"{tau_inter} would link almost every pair of classes (a typo?); "
+            "pass --force if you mean it",
+            param_hint="'--tau-inter'",
+        )
+
+
+def _warn(message: str | None) -> None:
+    if message:
+        console.print(f"[bold yellow]WARNING:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _write_pairs(tables_paths) -> None:
+    """Write each (table, path) under its temporary name, then rename them all, the
+    first (the main output) last: never a new file beside an old companion."""
+    import pyarrow.parquet as pq
+
+    staged = [(tmp_sibling(path), path) for _, path in tables_paths]
+    try:
+        for (table, _), (tmp, _) in zip(tables_paths, staged, strict=True):
+            pq.write_table(table, tmp)
+        commit_files(staged[::-1])
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 @main.command("filter")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--tau-intra",
-    default=0.3,
-    show_default=True,
-    help="Drop samples whose discriminability D is below this (paper: 0.3).",
-)
+@click.option("--tau-intra", type=Finite(), default=0.3, show_default=True, help=_tau_intra_help)
 @click.option(
     "-o",
     "--output",
@@ -36,7 +83,7 @@ from faceclean.data.store import sibling, write_tables
 @_device
 @_backend
 @_batch_rows
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@_overwrite
 def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_rows, overwrite):
     """Score each sample: D = cos(own centroid) / cos(hardest negative centroid).
 
@@ -74,24 +121,14 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
 
 @main.command("merge")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--tau-inter",
-    default=0.62,
-    show_default=True,
-    help="Merge classes whose centroid cosine exceeds this (paper: 0.62).",
-)
+@_tau_inter
 @click.option(
     "--tau-intra",
-    type=float,
+    type=Finite(),
     default=None,
     help="Filter first and merge the centroids of the kept samples only.",
 )
-@click.option(
-    "--max-group-size",
-    default=0,
-    show_default=True,
-    help="Chain guard: split bigger groups by cutting their weakest links (0: off).",
-)
+@_max_group
 @click.option(
     "-o",
     "--output",
@@ -102,23 +139,43 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
 @_loo
 @_device
 @_batch_rows
+@_force
+@_overwrite
 def merge_cmd(
-    embeddings, tau_inter, tau_intra, max_group_size, output, loo_below, device, batch_rows
+    embeddings,
+    tau_inter,
+    tau_intra,
+    max_group_size,
+    output,
+    loo_below,
+    device,
+    batch_rows,
+    force,
+    overwrite,
 ):
     """Group classes that are one identity (union-find over centroid links)."""
     from faceclean.cleaning.filter import class_sums, filter_store
     from faceclean.cleaning.merge import merge_classes
 
-    if tau_intra is None:
-        sums, counts = class_sums(embeddings, batch_rows)
-    else:
-        fr = filter_store(
-            embeddings, tau_intra, None, loo_below=loo_below, batch_rows=batch_rows, device=device
-        )
-        sums, counts = fr.kept_sums, fr.kept_counts
-    mr = merge_classes(sums, counts, tau_inter, max_group_size, device)
+    _check_tau_inter(tau_inter, force)
     pairs_path = sibling(output, ".pairs.parquet")
-    write_tables((mr.table, output), (mr.pairs, pairs_path))
+    with writing(output, overwrite=overwrite, inputs=embeddings, companions=[pairs_path]):
+        if tau_intra is None:
+            sums, counts = class_sums(embeddings, batch_rows)
+        else:
+            fr = filter_store(
+                embeddings,
+                tau_intra,
+                None,
+                loo_below=loo_below,
+                batch_rows=batch_rows,
+                device=device,
+            )
+            fr.require_kept(tau_intra)
+            sums, counts = fr.kept_sums, fr.kept_counts
+        mr = merge_classes(sums, counts, tau_inter, max_group_size, device)
+        _write_pairs([(mr.table, output), (mr.pairs, pairs_path)])
+    _warn(mr.warning)
     _summary_table(
         "faceclean merge",
         {
@@ -134,9 +191,9 @@ def merge_cmd(
 
 @main.command("clean")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tau-intra", default=0.3, show_default=True, help="Filter threshold on D.")
-@click.option("--tau-inter", default=0.62, show_default=True, help="Merge threshold.")
-@click.option("--max-group-size", default=0, show_default=True, help="Chain guard (0: off).")
+@click.option("--tau-intra", type=Finite(), default=0.3, show_default=True, help=_tau_intra_help)
+@_tau_inter
+@_max_group
 @click.option(
     "--format",
     "fmt",
@@ -161,6 +218,8 @@ def merge_cmd(
 @_device
 @_backend
 @_batch_rows
+@_force
+@_overwrite
 def clean_cmd(
     embeddings,
     tau_intra,
@@ -173,10 +232,15 @@ def clean_cmd(
     device,
     backend,
     batch_rows,
+    force,
+    overwrite,
 ):
-    """Filter, merge and write the clean list that `faceclean train` reads."""
+    """Filter, merge and write the clean list that `faceclean train` reads.
+
+    The output folder is built aside and swapped in whole when complete."""
     from faceclean.cleaning.clean import clean
 
+    _check_tau_inter(tau_inter, force)
     r = clean(
         embeddings,
         output,
@@ -189,8 +253,10 @@ def clean_cmd(
         device=device,
         batch_rows=batch_rows,
         backend=backend,
+        overwrite=overwrite,
     )
-    s = {k: v for k, v in r.summary.items() if k != "largest_groups"}
+    _warn(r.merge.warning)
+    s = {k: v for k, v in r.summary.items() if k not in ("largest_groups", "warning")}
     s["clean list"] = str(r.outputs["clean"])
     _summary_table("faceclean clean", s)
 
@@ -202,11 +268,18 @@ def clean_cmd(
     type=click.Path(path_type=Path),
     help="Image root for the contact sheet [default: the one the embeddings record].",
 )
-def report_cmd(clean_dir, data):
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Report folder [default: CLEAN_DIR/report].",
+)
+@_overwrite
+def report_cmd(clean_dir, data, output, overwrite):
     """Write report.html: D histogram, drops per class, merged groups, contact sheet."""
     from faceclean.cleaning.report import write_report
 
-    out = write_report(clean_dir, data)
+    out = write_report(clean_dir, data, output, overwrite)
     _summary_table("faceclean report", {k: str(v) for k, v in out.items()})
 
 
@@ -219,25 +292,38 @@ def report_cmd(clean_dir, data):
     type=click.Path(path_type=Path),
     help="Noisy store; the truth goes to <output>.truth.parquet.",
 )
-@click.option("--flip", default=0.05, show_default=True, help="Fraction of samples relabelled.")
+@click.option(
+    "--flip",
+    type=Finite(0.0, 1.0),
+    default=0.05,
+    show_default=True,
+    help="Fraction of samples relabelled.",
+)
 @click.option(
     "--outlier",
+    type=Finite(0.0, 1.0),
     default=0.05,
     show_default=True,
     help="Fraction of identities held out and filed under others.",
 )
 @click.option(
-    "--split", default=0.05, show_default=True, help="Fraction of identities split over two labels."
+    "--split",
+    type=Finite(0.0, 1.0),
+    default=0.05,
+    show_default=True,
+    help="Fraction of identities split over two labels.",
 )
-@click.option("--seed", default=0, show_default=True)
-def inject_noise_cmd(embeddings, output, flip, outlier, split, seed):
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@_overwrite
+def inject_noise_cmd(embeddings, output, flip, outlier, split, seed, overwrite):
     """Corrupt a clean embedding store with known noise (in memory)."""
     from faceclean.cleaning.noise import inject_noise
     from faceclean.data.store import open_store
 
-    ns = inject_noise(open_store(embeddings).read(), flip, outlier, split, seed)
     truth = sibling(output, ".truth.parquet")
-    write_tables((ns.table, output), (ns.truth, truth))
+    with writing(output, overwrite=overwrite, inputs=[embeddings], companions=[truth]):
+        ns = inject_noise(open_store(embeddings).read(), flip, outlier, split, seed)
+        _write_pairs([(ns.table, output), (ns.truth, truth)])
     counts = ns.truth["noise"].value_counts().to_pylist()
     _summary_table(
         "faceclean inject-noise",
@@ -258,12 +344,51 @@ def inject_noise_cmd(embeddings, output, flip, outlier, split, seed):
     is_flag=True,
     help="Also sweep tau_intra and tau_inter; writes sweep.csv and sweep.png.",
 )
-def evaluate_cleaning_cmd(clean_dir, truth, sweep):
+@_overwrite
+def evaluate_cleaning_cmd(clean_dir, truth, sweep, overwrite):
     """Precision/recall of a `faceclean clean` output against injected noise."""
     from faceclean.cleaning.evaluate import evaluate_clean_dir
 
-    result = evaluate_clean_dir(clean_dir, truth, do_sweep=sweep)
+    result = evaluate_clean_dir(clean_dir, truth, do_sweep=sweep, overwrite=overwrite)
     _summary_table(
         "faceclean evaluate-cleaning",
         {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()},
     )
+
+
+@main.command("overlap")
+@click.argument("train", type=click.Path(path_type=Path))
+@click.argument("evaluation", metavar="EVAL", type=click.Path(path_type=Path))
+@click.option(
+    "--tau",
+    default=0.62,
+    show_default=True,
+    help="Centroid cosine above which a training and an evaluation class are one identity.",
+)
+@click.option(
+    "--image-tau",
+    type=float,
+    default=None,
+    help="Also list image pairs across the stores above this cosine (e.g. 0.95).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder: identity_pairs, exclude, image_pairs (Parquet), summary.json.",
+)
+@_device
+@_backend
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def overlap_cmd(train, evaluation, tau, image_tau, output, device, backend, overwrite):
+    """Training identities that are evaluation identities (and shared images).
+
+    Writes the pairs with their cosines and exclude.parquet, the training classes to drop
+    with `faceclean clean --exclude OUTPUT`.
+    """
+    from faceclean.cleaning.overlap import find_overlap, write_overlap
+
+    r = find_overlap(train, evaluation, tau, image_tau, device, backend)
+    write_overlap(r, output, overwrite)
+    _summary_table("faceclean overlap", {"output": str(output), **r.summary})

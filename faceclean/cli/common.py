@@ -3,6 +3,8 @@ stage modules share."""
 
 from __future__ import annotations
 
+import errno
+import math
 import sys
 
 import click
@@ -30,15 +32,42 @@ def _triple(ctx, param, value):
     return parts
 
 
+class Finite(click.FloatRange):
+    """A float option that refuses NaN and infinities (``FloatRange`` lets NaN through:
+    every comparison with it is false), optionally within a range."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
+# Output-path failures the checks before work cannot foresee (disk full, a quota, a folder
+# made read-only meanwhile): one line naming the file, not a traceback.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 class _Group(click.Group):
-    """Turns FacecleanError into one red line and exit status 2."""
+    """Turns FacecleanError (and out-of-space or permission errors) into one red line
+    and exit status 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FacecleanError as e:
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            _error(str(e))
+        except OSError as e:
+            if e.errno not in _OUTPUT_ERRNOS:
+                raise
+            _error(f"{e.filename}: {e.strerror}" if e.filename else str(e))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,16 +108,19 @@ _backend = click.option(
 )
 _batch_rows = click.option(
     "--batch-rows",
+    type=click.IntRange(min=1),
     default=65536,
     show_default=True,
     help="Rows per streamed batch (bounds memory).",
 )
 _loo = click.option(
     "--loo-below",
-    default=10,
-    show_default=True,
-    help="Classes with fewer samples use leave-one-out own centroids.",
+    type=click.IntRange(min=0),
+    default=None,
+    help="0.1's behaviour: leave-one-out own centroids only in classes of fewer samples "
+    "(e.g. 10), the full centroid elsewhere [default: leave-one-out for every class].",
 )
+_overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 
 
 def _summary_table(title: str, rows: dict) -> None:
