@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -10,10 +11,37 @@ from rich.markup import escape
 from rich.table import Table
 
 from faceclean.cli.common import _triple, console, main
+from faceclean.data.listfile import FORMATS as LIST_FORMATS
 from faceclean.data.preprocess import FITS, PRESETS
 
 
-@main.command()
+def _mean(ctx, param, value):
+    parts = _triple(ctx, param, value)
+    if parts is not None and not all(math.isfinite(v) and -1e4 <= v <= 1e4 for v in parts):
+        raise click.BadParameter("mean values must be finite numbers within +-10000")
+    return parts
+
+
+def _std(ctx, param, value):
+    parts = _triple(ctx, param, value)
+    if parts is not None and not all(math.isfinite(v) and 0 < v <= 1e4 for v in parts):
+        raise click.BadParameter("std values must be positive (and at most 10000)")
+    return parts
+
+
+class _OneLineUsage(click.Command):
+    """Option errors (``--batch-size 0``, ``--std 0``) as one ``Error: ...`` line, exit 2,
+    without the usage block click prints by default."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            e.ctx = None  # no context: click prints the message alone
+            raise
+
+
+@main.command(cls=_OneLineUsage)
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option(
     "-m",
@@ -40,8 +68,8 @@ from faceclean.data.preprocess import FITS, PRESETS
     help="Preprocessing preset: insightface (RGB, (x-127.5)/127.5), facexzoo "
     "(BGR, (x-127.5)/128), imagenet (RGB, ImageNet mean/std).",
 )
-@click.option("--mean", callback=_triple, help="Per-channel mean in 0-255 pixel units, 'a,b,c'.")
-@click.option("--std", callback=_triple, help="Per-channel std in 0-255 pixel units, 'a,b,c'.")
+@click.option("--mean", callback=_mean, help="Per-channel mean in 0-255 pixel units, 'a,b,c'.")
+@click.option("--std", callback=_std, help="Per-channel std in 0-255 pixel units, 'a,b,c' (> 0).")
 @click.option(
     "--rgb/--bgr",
     "rgb",
@@ -54,10 +82,17 @@ from faceclean.data.preprocess import FITS, PRESETS
     help="Images not at the model's size: resize, or pad/centre-crop [default: resize].",
 )
 @click.option("--flip", is_flag=True, help="Flip test-time augmentation (image + mirror).")
-@click.option("--batch-size", default=64, show_default=True, help="Images per model call.")
+@click.option(
+    "--batch-size",
+    default=64,
+    type=click.IntRange(1, 65536),
+    show_default=True,
+    help="Images per model call.",
+)
 @click.option(
     "--workers",
     default=min(4, os.cpu_count() or 1),
+    type=click.IntRange(1, 256),
     show_default=True,
     help="Image-decoding threads.",
 )
@@ -78,8 +113,31 @@ from faceclean.data.preprocess import FITS, PRESETS
 @click.option(
     "--chunk-size",
     default=8192,
+    type=click.IntRange(1, 1 << 24),
     show_default=True,
     help="Images per resumable chunk and Parquet row group.",
+)
+@click.option(
+    "--max-failures",
+    default=0.5,
+    type=click.FloatRange(0, 1),
+    show_default=True,
+    help="Share of images that may fail to decode before extract is an error (exit 2, no "
+    "output); every image failing is always an error.",
+)
+@click.option(
+    "--format",
+    "list_format",
+    type=click.Choice(["auto", *LIST_FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Layout of a list file: plain 'path label', insightface 'aligned<TAB>path<TAB>label', "
+    "im2rec 'index<TAB>label<TAB>path'; auto detects it from the lines.",
+)
+@click.option(
+    "--model-output",
+    metavar="NAME",
+    help="The model output holding the embedding, when the model has several.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
@@ -99,15 +157,20 @@ def extract(
     device,
     dtype,
     chunk_size,
+    max_failures,
+    list_format,
+    model_output,
     overwrite,
     quiet,
 ):
     """Embed the face images in DATA with an ONNX model, into a Parquet store.
 
-    DATA is an image folder (root/<identity>/<image>), a list file of 'path label' lines,
-    or an InsightFace train.rec (with train.idx beside it). Images that cannot be decoded
-    are skipped and listed in <output>.failures.tsv. A killed run resumes when the same
-    command is run again.
+    DATA is an image folder (root/<identity>/<image>), a list file ('path label',
+    InsightFace 'aligned<TAB>path<TAB>label' or im2rec 'index<TAB>label<TAB>path' lines),
+    or a .rec (InsightFace or im2rec layout; without its .idx it is indexed by a scan).
+    Images that cannot be decoded are skipped and listed in <output>.failures.tsv; more
+    than --max-failures of them is an error. A killed run resumes when the same command is
+    run again.
     """
     from faceclean.data.extraction import extract as run_extract
 
@@ -128,6 +191,9 @@ def extract(
         dtype=dtype,
         chunk_size=chunk_size,
         overwrite=overwrite,
+        max_failures=max_failures,
+        list_format=list_format,
+        output_name=model_output,
         progress=not quiet,
     )
     if quiet:
@@ -138,6 +204,7 @@ def extract(
     table = Table(title="faceclean extract", show_header=False)
     rows = [
         ("output", str(result.output)),
+        ("input", result.source),
         ("images", f"{result.num_images:,} ({result.num_resumed:,} from an earlier run)"),
         ("written", f"{result.num_written:,}"),
         (

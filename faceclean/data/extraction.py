@@ -10,8 +10,9 @@ into the output (written under a temporary name, then renamed) and the partial f
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,17 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from faceclean import __version__
 from faceclean.data.datasets import FaceDataset, open_dataset
 from faceclean.data.onnx_model import FaceModel
-from faceclean.data.preprocess import PRESETS, Preprocessing, load_pixels, normalise
-from faceclean.data.store import atomic_path, embedding_schema, embedding_table, sibling
+from faceclean.data.partstore import PART_KEY, PartStore
+from faceclean.data.preprocess import (
+    PRESETS,
+    ImageError,
+    Preprocessing,
+    load_pixels,
+    normalise,
+)
+from faceclean.data.store import embedding_schema, embedding_table, sibling
 from faceclean.errors import FacecleanError
 from faceclean.progress import RowProgress
-
-PART_KEY = b"faceclean.part"
 
 
 @dataclass
@@ -52,6 +57,7 @@ class ExtractResult:
     preprocessing: Preprocessing
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    source: str = ""
 
     @property
     def images_per_second(self) -> float:
@@ -118,6 +124,42 @@ def resolve_preprocessing(
     )
 
 
+def label_space(identities: list[str]) -> str:
+    """sha256 of the label -> identity mapping: stores that agree on it share labels."""
+    return hashlib.sha256("\n".join(identities).encode()).hexdigest()
+
+
+def check_output(output: Path, overwrite: bool, inputs) -> None:
+    """Refuse, before any work, an existing output without ``overwrite`` and any output
+    that is one of the inputs (overwrite or not)."""
+    if output.exists():
+        for given in inputs:
+            if isinstance(given, str | Path) and os.path.exists(given):
+                if os.path.samefile(output, given):
+                    raise FacecleanError(
+                        "the output is one of the inputs; refusing to write over it", output
+                    )
+    if output.is_dir():
+        raise FacecleanError("output is a folder; give a .parquet file name", output)
+    if output.exists() and not overwrite:
+        raise FacecleanError("output already exists; pass --overwrite to replace it", output)
+    if not output.parent.is_dir():
+        raise FacecleanError("the output's folder does not exist", output.parent)
+
+
+def _too_many_failures(ds, failed: int, total: int, max_failures: float, failures) -> None:
+    example = ""
+    if failures:
+        i, msg = failures[0][0], failures[0][-1]
+        example = f"; e.g. {ds.path(i) if isinstance(i, int) else i}: {msg}"
+    what = (
+        f"all {total} images failed"
+        if failed >= total
+        else f"{failed} of {total} images failed, more than --max-failures {max_failures:g}"
+    )
+    raise FacecleanError(f"{what}{example}; no output written", ds.root)
+
+
 def _decode_batch(ds: FaceDataset, indices: np.ndarray, spec: Preprocessing):
     """Decode a batch; faulty images are reported, not raised. Runs in a worker thread."""
     tensors, ok, failures, resized = [], [], [], 0
@@ -126,6 +168,9 @@ def _decode_batch(ds: FaceDataset, indices: np.ndarray, spec: Preprocessing):
             x, was_resized = load_pixels(ds.read(int(i)), spec)
         except FacecleanError as e:
             failures.append((int(i), e.message))
+            continue
+        except ImageError as e:  # already says what is wrong ("truncated JPEG")
+            failures.append((int(i), str(e)))
             continue
         except Exception as e:  # PIL raises many types for corrupt data
             failures.append((int(i), f"{type(e).__name__}: {str(e)[:160]}"))
@@ -141,13 +186,17 @@ def _decode_batch(ds: FaceDataset, indices: np.ndarray, spec: Preprocessing):
 
 
 def _embed(model: FaceModel, x: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(unit embeddings, raw norms). With flip, features of the image and its mirror are
-    summed before normalising (InsightFace's evaluation); the norm is the two norms' mean."""
-    feats = model.run(x)
-    norms = np.linalg.norm(feats, axis=1)
+    """(unit embeddings, raw norms). The norm is the model's norm output when it has one,
+    else the feature's length. With flip, features of the image and its mirror are summed
+    before normalising (InsightFace's evaluation); the norm is the two norms' mean."""
+    feats, norms = model.run_with_norm(x)
+    if norms is None:  # no norm output (AdaFace has one): the feature's own length
+        norms = np.linalg.norm(feats, axis=1)
     if flip:
-        mirrored = model.run(np.ascontiguousarray(x[..., ::-1]))
-        norms = (norms + np.linalg.norm(mirrored, axis=1)) / 2
+        mirrored, mirrored_norms = model.run_with_norm(np.ascontiguousarray(x[..., ::-1]))
+        if mirrored_norms is None:
+            mirrored_norms = np.linalg.norm(mirrored, axis=1)
+        norms = (norms + mirrored_norms) / 2
         feats = feats + mirrored
     length = np.linalg.norm(feats, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -172,6 +221,9 @@ def extract(
     dtype: str = "float32",
     chunk_size: int = 8192,
     overwrite: bool = False,
+    max_failures: float = 0.5,
+    list_format: str = "auto",
+    output_name: str | None = None,
     progress: bool = False,
     on_chunk: Callable[[int], None] | None = None,
 ) -> ExtractResult:
@@ -189,6 +241,10 @@ def extract(
         dtype: embedding storage type, "float32" or "float16".
         chunk_size: images per resumable unit and per Parquet row group.
         overwrite: replace an existing output instead of refusing.
+        max_failures: the share of images (0-1) that may fail before the run is an error;
+            a run where every image fails is always one. Nothing is left behind then.
+        list_format: a list file's layout, "auto" or see :mod:`faceclean.data.listfile`.
+        output_name: the model output holding the embedding, when it has several.
         progress: show a progress bar on stderr.
         on_chunk: called with the chunk number after each chunk is stored (for tests).
 
@@ -199,32 +255,40 @@ def extract(
     t0 = time.perf_counter()
     if batch_size < 1 or chunk_size < 1 or workers < 1:
         raise FacecleanError("batch size, chunk size and workers must be at least 1")
+    if not 0 <= max_failures <= 1:
+        raise FacecleanError(f"max_failures is a share between 0 and 1, not {max_failures}")
     output = Path(output) if output is not None else None
-    if output is not None and output.exists() and not overwrite:
-        raise FacecleanError("output already exists; pass --overwrite to replace it", output)
-    ds = data if isinstance(data, FaceDataset) else open_dataset(data, root)
-    fm = model if isinstance(model, FaceModel) else FaceModel(model, device=device)
+    if output is not None:
+        check_output(output, overwrite, [data, model, root])
+    ds = data if isinstance(data, FaceDataset) else open_dataset(data, root, list_format)
+    fm = model if isinstance(model, FaceModel) else FaceModel(model, device, output=output_name)
     spec = resolve_preprocessing(fm, preset, mean, std, channels, fit)
     metadata = {
-        "model": str(fm.path),
+        "model": str(fm.path.resolve()),
         "model_sha256": fm.sha256,
+        "model_output": fm.output_name,
         "preprocessing": spec.to_dict(),
         "flip": flip,
         "dim": fm.dim,
         "dtype": dtype,
-        "dataset": str(ds.root),
+        "dataset": str(Path(ds.root).resolve()),
         "dataset_kind": ds.kind,
+        "dataset_source": ds.source,
         "num_classes": ds.num_classes,
+        "label_space": label_space(ds.identities),
         "faceclean_version": __version__,
     }
     schema = embedding_schema(fm.dim, dtype, metadata)
     n = len(ds)
     n_chunks = (n + chunk_size - 1) // chunk_size
-    store = _PartStore(
+    store = PartStore(
         output, schema, {**metadata, "listing": ds.fingerprint(), "chunk_size": chunk_size, "n": n}
     )
     done = store.finished_chunks(n_chunks)
     resumed = sum(min(chunk_size, n - c * chunk_size) for c in done)
+    unreadable = [(p, -1, msg) for p, msg in ds.unreadable]
+    failed = len(unreadable) + len(store.failures_in(sorted(done)))
+    total = n + len(unreadable)
 
     bar = RowProgress(progress, "extract", n, resumed, unit="img")
     pending = [c for c in range(n_chunks) if c not in done]
@@ -262,6 +326,9 @@ def extract(
                         fm.path,
                     )
                 failures += [(int(i), "model output is NaN/inf or zero") for i in ok[~finite]]
+                failed += len(failures)
+                if failed > max_failures * total:  # no later success can bring it back
+                    _too_many_failures(ds, failed, total, max_failures, failures)
                 per_chunk[c].append((ok[finite], emb[finite], norms[finite], failures, resized))
                 bar.advance(size)
                 remaining[c] -= 1
@@ -269,9 +336,18 @@ def extract(
                     store.write_chunk(c, _chunk_table(ds, per_chunk.pop(c), schema))
                     if on_chunk:
                         on_chunk(c)
+    except BaseException as e:
+        if isinstance(e, FacecleanError):  # the run cannot succeed; resuming would not help
+            store.discard()
+        raise
     finally:
         bar.close()
-    table, stats = store.finish(n_chunks, sibling(output, ".failures.tsv") if output else None)
+    if failed >= total:
+        failures = store.failures_in(range(n_chunks))
+        store.discard()
+        _too_many_failures(ds, failed, total, max_failures, unreadable + failures)
+    failures_path = sibling(output, ".failures.tsv") if output else None
+    table, stats = store.finish(n_chunks, failures_path, unreadable)
     return ExtractResult(
         output=output,
         table=table,
@@ -287,6 +363,7 @@ def extract(
         preprocessing=spec,
         seconds=time.perf_counter() - t0,
         warnings=list(ds.warnings),
+        source=ds.source,
     )
 
 
@@ -306,76 +383,3 @@ def _chunk_table(ds: FaceDataset, pieces: list, schema: pa.Schema) -> pa.Table:
     return table.replace_schema_metadata(
         {**schema.metadata, PART_KEY: json.dumps(part_meta).encode()}
     )
-
-
-class _PartStore:
-    """Finished chunks: files in ``<output>.partial/`` (resumable), or a dict in memory."""
-
-    def __init__(self, output: Path | None, schema: pa.Schema, fingerprint: dict):
-        self.output, self.schema = output, schema
-        self.memory: dict[int, pa.Table] = {}
-        fingerprint = json.loads(json.dumps(fingerprint))  # tuples become lists, as on disk
-        if output is None:
-            return
-        self.dir = output.with_name(output.name + ".partial")
-        manifest = self.dir / "manifest.json"
-        if self.dir.exists():
-            try:
-                same = json.loads(manifest.read_text()) == fingerprint
-            except (OSError, ValueError):
-                same = False
-            if not same:  # made with other settings or data: none of it can be reused
-                shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not manifest.exists():
-            with atomic_path(manifest) as tmp:
-                tmp.write_text(json.dumps(fingerprint))
-
-    def _part(self, c: int) -> Path:
-        return self.dir / f"part-{c:06d}.parquet"
-
-    def finished_chunks(self, n_chunks: int) -> set[int]:
-        if self.output is None:
-            return set()
-        return {c for c in range(n_chunks) if self._part(c).exists()}
-
-    def write_chunk(self, c: int, table: pa.Table) -> None:
-        if self.output is None:
-            self.memory[c] = table
-            return
-        with atomic_path(self._part(c)) as tmp:
-            pq.write_table(table, tmp)
-
-    def _tables(self, n_chunks: int):
-        for c in range(n_chunks):
-            yield self.memory[c] if self.output is None else pq.read_table(self._part(c))
-
-    def finish(self, n_chunks: int, failures_path: Path | None):
-        """Join the chunks in order. Returns (in-memory table or None, stats)."""
-        stats = {"written": 0, "resized": 0, "failures": [], "failures_path": None}
-        tables = []
-
-        def chunks():
-            for table in self._tables(n_chunks):
-                part = json.loads(table.schema.metadata[PART_KEY])
-                stats["failures"] += [tuple(f) for f in part["failures"]]
-                stats["resized"] += part["resized"]
-                stats["written"] += table.num_rows
-                yield table.replace_schema_metadata(self.schema.metadata)
-
-        if self.output is None:
-            tables = list(chunks())
-            return (pa.concat_tables(tables) if tables else self.schema.empty_table()), stats
-        with atomic_path(self.output) as tmp:
-            with pq.ParquetWriter(tmp, self.schema) as writer:
-                for table in chunks():
-                    writer.write_table(table, row_group_size=max(1, table.num_rows))
-            if stats["failures"]:
-                with atomic_path(failures_path) as ftmp, open(ftmp, "w") as f:
-                    f.write("path\tlabel\terror\n")
-                    f.writelines(f"{p}\t{lab}\t{msg}\n" for p, lab, msg in stats["failures"])
-                stats["failures_path"] = failures_path
-            else:
-                failures_path.unlink(missing_ok=True)
-        shutil.rmtree(self.dir)
-        return None, stats

@@ -49,7 +49,9 @@ def providers_for(device: str) -> list[str]:
 
 
 def _dim(d) -> int | None:
-    return d.dim_value if d.HasField("dim_value") else None
+    """A dimension's fixed size, or None when it is free (symbolic, unset, or written as
+    -1 / 0 as paddle2onnx and some TensorFlow exports do)."""
+    return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
 
 
 def make_batch_dynamic(model: onnx.ModelProto, fixed: int) -> onnx.ModelProto:
@@ -92,8 +94,12 @@ class FaceModel:
     Attributes:
         path, sha256: the model file and its hash.
         input_name: the model's single image input.
+        layout: "NCHW", or "NHWC" (TensorFlow exports, [N,H,W,3]: fed a transposed batch).
         channels, height, width: the input's C x H x W (C is always 3).
         dim: embedding dimension.
+        output_name: the output holding the embedding (the one [N, d>1] output, or the one
+            asked for); norm_output: a [N, 1] output read as the feature norm (AdaFace
+            exports (embedding, norm)), or None.
         batch_mode: "dynamic" (the model already had a free batch dimension), "made-dynamic"
             (faceclean rewrote it and checked the outputs are identical), or "fixed-N"
             (run in batches of exactly N, padding the last).
@@ -101,7 +107,13 @@ class FaceModel:
         providers: the onnxruntime execution providers in use.
     """
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        threads: int | None = None,
+        output: str | None = None,
+    ):
         self.path = Path(path)
         if not self.path.is_file():
             raise FacecleanError("model file not found", self.path)
@@ -126,16 +138,20 @@ class FaceModel:
         inp = inputs[0]
         dims = [_dim(d) for d in inp.type.tensor_type.shape.dim]
         shape_text = "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
-        if len(dims) != 4 or dims[1] != 3:
+        if len(dims) == 4 and dims[1] == 3:
+            self.layout, (h, w) = "NCHW", dims[2:]
+        elif len(dims) == 4 and dims[3] == 3:
+            self.layout, (h, w) = "NHWC", dims[1:3]
+        else:
             raise FacecleanError(
                 f"model input '{inp.name}' has shape {shape_text}; faceclean needs [N,3,H,W] "
-                "(3-channel images)",
+                "or [N,H,W,3] (3-channel images)",
                 self.path,
             )
         if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise FacecleanError(f"model input '{inp.name}' is not float32", self.path)
         self.input_name = inp.name
-        self.channels, self.height, self.width = 3, dims[2], dims[3]
+        self.channels, self.height, self.width = 3, h, w
         meta = {p.key: p.value for p in model.metadata_props}
         self.preprocessing = (
             Preprocessing.from_dict(json.loads(meta[METADATA_KEY]))
@@ -151,6 +167,7 @@ class FaceModel:
                 )
             self.height, self.width = self.preprocessing.height, self.preprocessing.width
         self._setup_batching(model, dims[0])
+        self._choose_outputs(output)
 
     def _session(self, model_bytes: bytes) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -168,27 +185,60 @@ class FaceModel:
         rng = np.random.default_rng(0)
         return rng.standard_normal((n, 3, self.height, self.width)).astype(np.float32)
 
+    def _feed(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if self.layout == "NHWC" else x
+
     def _setup_batching(self, model: onnx.ModelProto, batch: int | None) -> None:
         original = self._session(model.SerializeToString())
         self.fixed_batch = batch
         self._sess = original
-        if batch is None or batch == 0:
+        if batch is None:
             self.batch_mode = "dynamic"
         else:
             self.batch_mode = f"fixed-{batch}"
             try:
                 dynamic = self._session(make_batch_dynamic(model, batch).SerializeToString())
-                probe = self._probe(3 * batch + 1)
+                probe = self._feed(self._probe(3 * batch + 1))
                 want = self._run_fixed(original, probe)
-                got = dynamic.run(None, {self.input_name: probe})[0]
-                scale = max(1.0, float(np.abs(want).max()))
-                if got.shape == want.shape and np.abs(got - want).max() <= 1e-4 * scale:
+                got = dynamic.run(None, {self.input_name: probe})
+                same = len(got) == len(want) and all(
+                    g.shape == w.shape
+                    and np.abs(g - w).max(initial=0) <= 1e-4 * max(1.0, float(np.abs(w).max()))
+                    for g, w in zip(got, want, strict=False)
+                )
+                if same:
                     self._sess, self.fixed_batch, self.batch_mode = dynamic, None, "made-dynamic"
             except (FacecleanError, Exception):
                 pass  # the rewrite is an optimisation; the original model still works
+
+    def _choose_outputs(self, asked: str | None) -> None:
+        names = [o.name for o in self._sess.get_outputs()]
+        outs = self._raw(self._probe(2))
+        shapes = {n: tuple(np.asarray(o).shape) for n, o in zip(names, outs, strict=True)}
+        listed = ", ".join(f"'{n}' {list(shapes[n])}" for n in names)
+        self.norm_output = None
+        if asked is not None:
+            if asked not in names:
+                msg = f"model has no output '{asked}' (outputs: {listed})"
+                raise FacecleanError(msg, self.path)
+            self.output_name = asked
+        else:
+            emb = [n for n in names if len(shapes[n]) == 2 and shapes[n][1] > 1]
+            if len(emb) != 1:
+                what = "no [N, dim] output" if not emb else "several [N, dim] outputs"
+                raise FacecleanError(
+                    f"model has {what} (outputs: {listed}); choose the embedding with --output",
+                    self.path,
+                )
+            self.output_name = emb[0]
+        norms = [n for n in names if n != self.output_name and shapes[n] in ((2, 1), (2,))]
+        if len(norms) == 1:
+            self.norm_output = norms[0]
+        self._index = names.index(self.output_name)
+        self._norm_index = names.index(self.norm_output) if self.norm_output else None
         self.dim = int(self.run(self._probe(1)).shape[1])
 
-    def _run_fixed(self, sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    def _run_fixed(self, sess: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
         b = self.fixed_batch
         outs = []
         for s in range(0, len(x), b):
@@ -196,20 +246,30 @@ class FaceModel:
             n = len(part)
             if n < b:
                 part = np.concatenate([part, np.zeros((b - n, *part.shape[1:]), part.dtype)])
-            outs.append(sess.run(None, {self.input_name: part})[0][:n])
-        return np.concatenate(outs)
+            outs.append([o[:n] for o in sess.run(None, {self.input_name: part})])
+        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+    def _raw(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model for an NCHW batch."""
+        x = self._feed(x)
+        if self.fixed_batch:
+            return self._run_fixed(self._sess, x)
+        return self._sess.run(None, {self.input_name: x})
+
+    def run_with_norm(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(raw features float32 [N, dim], the model's own norm output [N] or None)."""
+        outs = self._raw(x)
+        out = np.asarray(outs[self._index], dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != len(x):
+            raise FacecleanError(
+                f"model output '{self.output_name}' has shape {list(out.shape)} for {len(x)} "
+                "images; faceclean needs [N, dim] features",
+                self.path,
+            )
+        if self._norm_index is None:
+            return out, None
+        return out, np.asarray(outs[self._norm_index], np.float32).reshape(len(x))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Raw (not normalised) features, float32 [N, dim], for a float32 [N,3,H,W] batch."""
-        if self.fixed_batch:
-            out = self._run_fixed(self._sess, x)
-        else:
-            out = self._sess.run(None, {self.input_name: x})[0]
-        out = np.asarray(out, dtype=np.float32)
-        if out.ndim != 2 or out.shape[0] != len(x):
-            raise FacecleanError(
-                f"model output has shape {list(out.shape)} for {len(x)} images; faceclean "
-                "needs [N, dim] features",
-                self.path,
-            )
-        return out
+        return self.run_with_norm(x)[0]

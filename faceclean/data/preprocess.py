@@ -11,7 +11,7 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Pixel-unit presets: x_model = (x_pixel - mean) / std, channel by channel.
 PRESETS: dict[str, dict] = {
@@ -74,17 +74,75 @@ class Preprocessing:
         )
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes fully (so a truncated file fails here) into an RGB PIL image.
+class ImageError(ValueError):
+    """Image bytes that cannot be decoded; the message says what is wrong in a few words."""
 
-    Greyscale, palette and alpha images are converted to 3-channel RGB.
-    Raises ``OSError``/``ValueError`` on corrupt or truncated data.
+
+_FORMAT_NAMES = {"MPO": "JPEG"}  # phone JPEGs with a second (depth/preview) image
+
+
+def _describe(data: bytes) -> str:
+    """The format the first bytes announce, for messages about undecodable files."""
+    signatures = {
+        b"\xff\xd8": "JPEG",
+        b"\x89PNG": "PNG",
+        b"GIF8": "GIF",
+        b"BM": "BMP",
+        b"RIFF": "WebP",
+        b"II*\0": "TIFF",
+        b"MM\0*": "TIFF",
+    }
+    for sig, name in signatures.items():
+        if data.startswith(sig):
+            return name
+    return "image"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB. 16-bit and 32-bit greyscale are scaled, not clipped (a
+    plain ``convert`` maps every value above 255 to white)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0  # float images: 0-1 or 0-255
+        else:
+            top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode image bytes fully (so a truncated file fails here) into an upright RGB image.
+
+    The EXIF orientation is applied (phone photos are stored sideways with a tag saying so);
+    greyscale (8 or 16 bit), palette and alpha images become 3-channel RGB; of an animated
+    GIF/WebP the first frame is used. Raises :class:`ImageError` with a short reason
+    ("not an image", "truncated JPEG") on data that cannot be decoded.
     """
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return img
+    fmt = _describe(data)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageError("image too large (more pixels than PIL's safety limit)") from None
+    except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError is an OSError
+        ends = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+        if fmt in ends and not data.rstrip(b"\0").endswith(ends[fmt]):
+            what = f"truncated {fmt}"
+        else:
+            what = "not an image" if fmt == "image" else f"corrupt {fmt} (header not readable)"
+        raise ImageError(what) from None
+    fmt = _FORMAT_NAMES.get(img.format, img.format or fmt)
+    try:
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except Exception as e:  # PIL raises many types for corrupt data
+        text = str(e)
+        if "truncated" in text or "broken data stream" in text or isinstance(e, EOFError):
+            raise ImageError(f"truncated {fmt}") from None
+        raise ImageError(f"corrupt {fmt} ({type(e).__name__}: {text[:80]})") from None
+    return _to_rgb(img)
 
 
 def fit_image(img: Image.Image, height: int, width: int, fit: str) -> Image.Image:
