@@ -30,8 +30,9 @@ from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.progress import RowProgress
 from faceclean.training.backbones import count_macs
-from faceclean.training.losses import PartialFC
-from faceclean.training.run import TrainConfig, build, load_run, spec_for
+from faceclean.training.checkpoint import load_checkpoint, save_checkpoint
+from faceclean.training.losses import create_head
+from faceclean.training.run import TrainConfig, build_backbone, load_run, spec_for
 from faceclean.training.teacher import TeacherFilter
 
 
@@ -157,8 +158,21 @@ def train(
             f"{len(missing)} image(s) of the list are missing, e.g. {Path(root) / missing[0]}",
             cfg.clean_list,
         )
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    distributed = world > 1
+    device = pick_device(cfg.device)
+    own_group = distributed and not torch.distributed.is_initialized()
+    if own_group:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = torch.distributed.get_rank() if distributed else 0
     torch.manual_seed(cfg.seed)  # identical initial weights for a given seed
-    model, head = build(cfg, num_classes)  # also validates W, D and the loss parameters
+    # Also validates W, D and the loss parameters. Under torchrun the head is model-parallel:
+    # this rank holds a block of the class centres (the same values as one process's head).
+    model = build_backbone(cfg)
+    shard = {"rank": rank, "world": world} if distributed else {}
+    head = create_head(cfg.loss, cfg.embedding_size, num_classes, **cfg.loss_kwargs, **shard)
+    if cfg.sample_rate < 1:
+        head.set_sampling(cfg.sample_rate, cfg.seed)
     config_path = run_dir / "config.json"
     saved = json.loads(json.dumps(asdict(cfg)))
     if config_path.exists() and json.loads(config_path.read_text()) != saved:
@@ -166,16 +180,10 @@ def train(
     with atomic_path(config_path) as tmp:
         tmp.write_text(json.dumps(saved, indent=2))
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    distributed = world > 1
-    device = pick_device(cfg.device)
-    if distributed:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     model.to(device)
     head.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    criterion = PartialFC(head, cfg.sample_rate, cfg.seed) if cfg.sample_rate < 1 else head
     teacher = (
         TeacherFilter(cfg.teacher, cfg.teacher_topk, num_classes, cfg.input_size, device)
         if cfg.teacher
@@ -194,10 +202,7 @@ def train(
     epoch, step = 0, 0
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        head.load_state_dict(state["head"])
-        optimiser.load_state_dict(state["optimiser"])
+        state = load_checkpoint(ckpt, model, head, optimiser, device)
         epoch, step = state["epoch"], state["step"]
     net = nn.parallel.DistributedDataParallel(model) if distributed else model
     t0 = time.perf_counter()
@@ -238,16 +243,23 @@ def train(
                 x = x.to(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                 emb = net(x)
+            if distributed:
+                # The head returns each rank dL/d(its embeddings) of the global loss; DDP
+                # then averages the backbone gradients over ranks, so undo its 1/world.
+                emb.register_hook(lambda g: g * world)
             if teacher is not None:
                 keep = teacher.mask(x, y)
                 passed += int(keep.sum())
-                if not keep.any():  # nothing the teacher trusts: no update this step
+                kept = keep.sum()
+                if distributed:  # the head is collective: skip only when every rank has none
+                    torch.distributed.all_reduce(kept)
+                if not kept:  # nothing the teacher trusts: no update this step
                     seen += len(y)
                     step += 1
                     bar.advance(1)
                     continue
                 emb, y = emb[keep], y[keep]
-            loss = criterion(emb.float(), y)
+            loss = head(emb.float(), y)
             if not torch.isfinite(loss):
                 raise FacecleanError(
                     f"loss became {loss.item()} at step {step} (diverged); "
@@ -274,20 +286,10 @@ def train(
         if not distributed or torch.distributed.get_rank() == 0:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            with atomic_path(ckpt) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "head": head.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "num_classes": num_classes,
-                    },
-                    tmp,
-                )
+        # Every rank takes part (the head's blocks are gathered); rank 0 writes.
+        save_checkpoint(ckpt, model, head, optimiser, epoch=epoch, step=step)
     bar.close()
-    if distributed:
+    if own_group:
         torch.distributed.destroy_process_group()
     return {
         "run_dir": str(run_dir),
