@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from faceclean.cleaning.dedup import restrict_inputs
 from faceclean.cleaning.filter import FilterResult, filter_store
 from faceclean.cleaning.merge import MergeResult, merge_classes
 from faceclean.data.datasets import read_image_bytes
@@ -149,6 +150,9 @@ def clean(
     batch_rows: int = 65536,
     backend: str = "auto",
     overwrite: bool = False,
+    exclude: str | Path | None = None,
+    dedup: float | None = None,
+    dedup_keep: bool = False,
 ) -> CleanResult:
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
@@ -159,6 +163,10 @@ def clean(
 
     ``output_dir`` must not exist unless ``overwrite``; it is checked and locked before
     any work, built aside and swapped in whole (see :mod:`faceclean.outputs`).
+
+    ``exclude`` (a `faceclean overlap` folder or a label list) drops whole classes first;
+    ``dedup`` (a cosine) lists near-duplicate groups in ``dedup.parquet`` and, with
+    ``dedup_keep``, keeps one image per class of each (see :mod:`.dedup`).
     """
     embeddings, out = as_paths(embeddings), Path(output_dir)
     if fmt not in FORMATS:
@@ -179,6 +187,7 @@ def clean(
             device,
             batch_rows,
             backend,
+            (exclude, dedup, dedup_keep),
         )
     r.outputs = {k: out / p.name for k, p in r.outputs.items()}
     return r
@@ -196,7 +205,11 @@ def _clean(
     device,
     batch_rows,
     backend,
+    restrict=(None, None, False),
 ) -> CleanResult:
+    given = embeddings
+    # --exclude / --dedup-keep: clean a copy without the dropped rows (deleted below).
+    embeddings, restricted = restrict_inputs(given, out, *restrict, device, backend)
     paths = {
         "scores": out / "scores.parquet",
         "merges": out / "merges.parquet",
@@ -222,8 +235,10 @@ def _clean(
     rows = write_clean_list(
         paths["scores"], mapping, paths["clean"], fmt, Path(data_root) if data_root else None
     )
+    if embeddings != given:
+        embeddings[0].unlink()
     summary = {
-        "embeddings": [str(e) for e in embeddings],
+        "embeddings": [str(e) for e in given],
         "tau_intra": tau_intra,
         "tau_inter": tau_inter,
         "max_group_size": max_group_size,
@@ -243,6 +258,7 @@ def _clean(
         "clean_rows": rows,
         "clean_classes": int(mapping.max() + 1) if (mapping >= 0).any() else 0,
         "search_backend": fr.device,
+        **restricted,
     }
     with atomic_path(paths["summary"]) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))

@@ -220,6 +220,22 @@ def merge_cmd(
 @_batch_rows
 @_force
 @_overwrite
+@click.option(
+    "--exclude",
+    type=click.Path(path_type=Path),
+    help="Drop these classes first: a `faceclean overlap` folder or a file of labels.",
+)
+@click.option(
+    "--dedup",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="List near-duplicate images (cosine above this, e.g. 0.98) in dedup.parquet.",
+)
+@click.option(
+    "--dedup-keep",
+    is_flag=True,
+    help="With --dedup, keep one image per class of each duplicate group.",
+)
 def clean_cmd(
     embeddings,
     tau_intra,
@@ -234,6 +250,9 @@ def clean_cmd(
     batch_rows,
     force,
     overwrite,
+    exclude,
+    dedup,
+    dedup_keep,
 ):
     """Filter, merge and write the clean list that `faceclean train` reads.
 
@@ -254,6 +273,9 @@ def clean_cmd(
         batch_rows=batch_rows,
         backend=backend,
         overwrite=overwrite,
+        exclude=exclude,
+        dedup=dedup,
+        dedup_keep=dedup_keep,
     )
     _warn(r.merge.warning)
     s = {k: v for k, v in r.summary.items() if k not in ("largest_groups", "warning")}
@@ -380,7 +402,7 @@ def evaluate_cleaning_cmd(clean_dir, truth, sweep, overwrite):
 )
 @_device
 @_backend
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@_overwrite
 def overlap_cmd(train, evaluation, tau, image_tau, output, device, backend, overwrite):
     """Training identities that are evaluation identities (and shared images).
 

@@ -1,0 +1,221 @@
+"""`faceclean overlap`: training identities that are also evaluation identities.
+
+A face model evaluated on people it was trained on scores too well. A training class and an
+evaluation class are taken to be one person when their centroids' cosine exceeds ``tau``
+(the same rule, and the same exact inner-product search, as `faceclean merge`); optionally
+single images that appear in both stores (cosine above ``image_tau``: the same photo, or a
+crop or re-encode of it) are listed too, whatever their labels.
+
+Outputs, in one folder built aside and swapped in whole (:mod:`faceclean.outputs`):
+``identity_pairs.parquet`` (``train_label``, ``train_identity``, ``eval_label``,
+``eval_identity``, ``cosine``, best first), ``exclude.parquet`` (the training classes to
+drop: ``label``, ``identity``, their best evaluation match and its ``cosine``), with
+``image_tau`` ``image_pairs.parquet`` (``train_path``, ``train_label``, ``eval_path``,
+``eval_label``, ``cosine``), and ``summary.json``. `faceclean clean --exclude OUT` drops the
+classes of ``exclude.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.cleaning.filter import class_sums, normalise_rows
+from faceclean.data.store import as_paths, atomic_path, iter_embeddings, open_stores
+from faceclean.errors import FacecleanError
+from faceclean.outputs import writing
+
+EXCLUDE_FILE = "exclude.parquet"
+
+
+def pairs_above(
+    index: InnerProductIndex, queries: np.ndarray, tau: float, k: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query row, index position, cosine) with cosine > tau, exactly.
+
+    Searches the top k and doubles k for the rows whose k-th match is still above tau, so
+    the cost follows the number of matches, not the size of the index.
+    """
+    rows_out, cols_out, sims_out = [], [], []
+    todo = np.arange(len(queries))
+    k = max(1, min(k, index.size))
+    while len(todo):
+        sims, pos = index.search(queries[todo], k)
+        full = (sims[:, -1] > tau) & (k < index.size)
+        done = ~full
+        hit = (sims > tau) & (pos >= 0) & done[:, None]
+        r, c = np.nonzero(hit)
+        rows_out.append(todo[r])
+        cols_out.append(pos[r, c])
+        sims_out.append(sims[r, c])
+        todo = todo[full]
+        k = min(2 * k, index.size)
+    if not rows_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return (
+        np.concatenate(rows_out).astype(np.int64),
+        np.concatenate(cols_out).astype(np.int64),
+        np.concatenate(sims_out).astype(np.float32),
+    )
+
+
+def identities(paths) -> dict[int, str]:
+    """label -> identity name of one or several stores (the label itself when absent)."""
+    names: dict[int, str] = {}
+    for path in as_paths(paths):
+        has = "identity" in open_stores([path])[0][1].schema_arrow.names
+        cols = ("label", "identity") if has else ("label",)
+        for batch in iter_embeddings(path, cols):
+            labels = batch["label"]
+            new, first = np.unique(labels, return_index=True)
+            for lab, i in zip(new.tolist(), first.tolist(), strict=True):
+                if lab not in names:
+                    names[lab] = str(batch["identity"][i]) if has else str(lab)
+    return names
+
+
+def load_store(paths) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, labels, unit embeddings float32) of whole stores, in memory."""
+    out_p, out_l, out_e = [], [], []
+    for path in as_paths(paths):
+        for b in iter_embeddings(path, ("path", "label", "embedding")):
+            out_p += b["path"].tolist()
+            out_l.append(b["label"])
+            out_e.append(b["embedding"])
+    emb = normalise_rows(np.concatenate(out_e).astype(np.float64)).astype(np.float32)
+    return out_p, np.concatenate(out_l).astype(np.int64), emb
+
+
+@dataclass
+class OverlapResult:
+    identity_pairs: pa.Table
+    exclude: pa.Table
+    image_pairs: pa.Table | None
+    summary: dict
+
+
+def find_overlap(
+    train,
+    evaluation,
+    tau: float,
+    image_tau: float | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+) -> OverlapResult:
+    """Training classes whose centroid is within ``tau`` (cosine) of an evaluation centroid.
+
+    Args:
+        train, evaluation: embedding stores (one path or the shards of one), same dimension.
+        tau: centroid cosine above which two classes are one identity.
+        image_tau: also list image pairs across the stores with cosine above this (None:
+            no image search; it holds both stores' embeddings in memory).
+        device, backend: the inner-product search, as in `faceclean filter`.
+    """
+    if not -1.0 <= tau <= 1.0 or (image_tau is not None and not -1.0 <= image_tau <= 1.0):
+        raise FacecleanError("cosine thresholds must lie in [-1, 1]")
+    train, evaluation = as_paths(train), as_paths(evaluation)
+    open_stores([*train, *evaluation])  # one dimension across both, or a named error
+    ts, tc = class_sums(train)
+    es, ec = class_sums(evaluation)
+    t_lab, e_lab = np.flatnonzero(tc > 0), np.flatnonzero(ec > 0)
+    t_cen = normalise_rows(ts[t_lab]).astype(np.float32)
+    e_cen = normalise_rows(es[e_lab]).astype(np.float32)
+    index = InnerProductIndex(e_cen, device, backend)
+    r, c, s = pairs_above(index, t_cen, tau)
+    order = np.lexsort((e_lab[c], t_lab[r], -s))
+    r, c, s = r[order], c[order], s[order]
+    t_names, e_names = identities(train), identities(evaluation)
+    ta, ea = t_lab[r], e_lab[c]
+    pairs = pa.table(
+        {
+            "train_label": pa.array(ta, pa.int64()),
+            "train_identity": pa.array([t_names[x] for x in ta.tolist()], pa.string()),
+            "eval_label": pa.array(ea, pa.int64()),
+            "eval_identity": pa.array([e_names[x] for x in ea.tolist()], pa.string()),
+            "cosine": pa.array(s, pa.float32()),
+        }
+    )
+    # The first row of each training label is its best match (rows are best first).
+    _, first = np.unique(ta, return_index=True)
+    exclude = pairs.take(pa.array(first)).rename_columns(
+        ["label", "identity", "eval_label", "eval_identity", "cosine"]
+    )
+    image_pairs = None
+    summary = {
+        "train": [str(p) for p in train],
+        "eval": [str(p) for p in evaluation],
+        "tau": tau,
+        "train_classes": int(len(t_lab)),
+        "eval_classes": int(len(e_lab)),
+        "identity_pairs": pairs.num_rows,
+        "train_classes_to_exclude": exclude.num_rows,
+        "train_samples_to_exclude": int(tc[exclude["label"].to_numpy()].sum()),
+        "search_backend": index.device,
+    }
+    if image_tau is not None:
+        tp, tl, te = load_store(train)
+        ep, el, ee = load_store(evaluation)
+        r, c, s = pairs_above(InnerProductIndex(ee, device, backend), te, image_tau)
+        order = np.lexsort((c, r, -s))
+        r, c, s = r[order], c[order], s[order]
+        image_pairs = pa.table(
+            {
+                "train_path": pa.array([tp[i] for i in r.tolist()], pa.string()),
+                "train_label": pa.array(tl[r], pa.int64()),
+                "eval_path": pa.array([ep[i] for i in c.tolist()], pa.string()),
+                "eval_label": pa.array(el[c], pa.int64()),
+                "cosine": pa.array(s, pa.float32()),
+            }
+        )
+        summary |= {"image_tau": image_tau, "image_pairs": image_pairs.num_rows}
+    return OverlapResult(pairs, exclude, image_pairs, summary)
+
+
+def write_overlap(result: OverlapResult, output: str | Path, overwrite: bool = False) -> Path:
+    """Write an :class:`OverlapResult` into the folder ``output`` (built aside)."""
+    output = Path(output)
+    inputs = [*result.summary["train"], *result.summary["eval"]]
+    with writing(output, overwrite=overwrite, inputs=inputs, folder=True) as tmp:
+        tables = [("identity_pairs.parquet", result.identity_pairs), (EXCLUDE_FILE, result.exclude)]
+        if result.image_pairs is not None:
+            tables.append(("image_pairs.parquet", result.image_pairs))
+        for name, table in tables:
+            with atomic_path(tmp / name) as t:
+                pq.write_table(table, t)
+        (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2))
+    return output
+
+
+def read_exclude(path: str | Path) -> np.ndarray:
+    """Training labels to drop, from an `overlap` folder, its ``exclude.parquet``, or a text
+    file of one integer label per line (``#`` comments allowed)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / EXCLUDE_FILE
+    if not path.is_file():
+        raise FacecleanError("no exclude list here (run `faceclean overlap -o` first)", path)
+    if path.suffix == ".parquet":
+        try:
+            labels = pq.read_table(path, columns=["label"])["label"].to_numpy()
+        except Exception as e:
+            msg = str(e).splitlines()[0][:100]
+            raise FacecleanError(
+                f"not an exclude table with a 'label' column ({msg})", path
+            ) from None
+        return np.unique(labels.astype(np.int64))
+    labels = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        try:
+            labels.append(int(line))
+        except ValueError:
+            raise FacecleanError(f"line {n}: {line[:40]!r} is not an integer label", path) from None
+    return np.unique(np.asarray(labels, np.int64))
