@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from faceclean.cli.common import _triple, console, main
+from faceclean.cli.common import _summary_table, _triple, console, main
 from faceclean.data.listfile import FORMATS as LIST_FORMATS
 from faceclean.data.preprocess import FITS, PRESETS
 
@@ -140,6 +140,15 @@ class _OneLineUsage(click.Command):
     help="The model output holding the embedding, when the model has several.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option(
+    "--shard",
+    help="I/N: only slice I (0-based) of N, labels of the whole dataset; all/N: every slice "
+    "into <output>.shard-I-of-N.parquet.",
+)
+@click.option(
+    "--ray-address",
+    help="With --shard all/N: run the shards as Ray tasks ('local' starts one here).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def extract(
     data,
@@ -161,6 +170,8 @@ def extract(
     list_format,
     model_output,
     overwrite,
+    shard,
+    ray_address,
     quiet,
 ):
     """Embed the face images in DATA with an ONNX model, into a Parquet store.
@@ -173,11 +184,12 @@ def extract(
     run again.
     """
     from faceclean.data.extraction import extract as run_extract
+    from faceclean.data.sharding import extract_shards, parse_shard
 
-    result = run_extract(
-        data,
-        model,
-        output,
+    shard = parse_shard(shard) if shard else None
+    if ray_address and (shard is None or shard[0] is not None):
+        raise click.UsageError("--ray-address needs --shard all/N")
+    kwargs = dict(
         root=root,
         preset=preset,
         mean=mean,
@@ -196,6 +208,19 @@ def extract(
         output_name=model_output,
         progress=not quiet,
     )
+    if shard is not None and shard[0] is None:
+        done = extract_shards(run_extract, data, model, output, shard[1], ray_address, **kwargs)
+        if not quiet:
+            _summary_table(
+                "faceclean extract (shards)",
+                {
+                    s["output"]: f"{s['written']:,} written, {s['failed']:,} failed, "
+                    f"{s['seconds']:.1f} s on {s['providers'][0]}"
+                    for s in done
+                },
+            )
+        return
+    result = run_extract(data, model, output, shard=shard, **kwargs)
     if quiet:
         return
     for w in result.warnings:

@@ -34,6 +34,7 @@ from faceclean.data.preprocess import (
     load_pixels,
     normalise,
 )
+from faceclean.data.sharding import shard_of
 from faceclean.data.store import embedding_schema, embedding_table, sibling
 from faceclean.errors import FacecleanError
 from faceclean.progress import RowProgress
@@ -226,6 +227,7 @@ def extract(
     output_name: str | None = None,
     progress: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ExtractResult:
     """Embed every image of a face dataset with an ONNX model.
 
@@ -247,6 +249,8 @@ def extract(
         output_name: the model output holding the embedding, when it has several.
         progress: show a progress bar on stderr.
         on_chunk: called with the chunk number after each chunk is stored (for tests).
+        shard: (i, n) extracts only slice i of n, labels those of the whole dataset (see
+            :mod:`faceclean.data.sharding`).
 
     Returns:
         An :class:`ExtractResult`. Rows keep dataset order; images that fail to decode are
@@ -261,6 +265,8 @@ def extract(
     if output is not None:
         check_output(output, overwrite, [data, model, root])
     ds = data if isinstance(data, FaceDataset) else open_dataset(data, root, list_format)
+    if shard is not None:
+        ds = shard_of(ds, *shard)
     fm = model if isinstance(model, FaceModel) else FaceModel(model, device, output=output_name)
     spec = resolve_preprocessing(fm, preset, mean, std, channels, fit)
     metadata = {
@@ -278,6 +284,8 @@ def extract(
         "label_space": label_space(ds.identities),
         "faceclean_version": __version__,
     }
+    if shard is not None:
+        metadata["shard"] = list(shard)
     schema = embedding_schema(fm.dim, dtype, metadata)
     n = len(ds)
     n_chunks = (n + chunk_size - 1) // chunk_size
