@@ -227,7 +227,7 @@ class FaceModel:
             if len(emb) != 1:
                 what = "no [N, dim] output" if not emb else "several [N, dim] outputs"
                 raise FacecleanError(
-                    f"model has {what} (outputs: {listed}); choose the embedding with --output",
+                    f"model has {what} ({listed}); choose the embedding with --model-output NAME",
                     self.path,
                 )
             self.output_name = emb[0]

@@ -146,7 +146,15 @@ def as_paths(paths) -> list[Path]:
 
 
 def open_stores(paths) -> list[tuple[Path, pq.ParquetFile]]:
-    """Open one or several embedding stores that must share one embedding dimension."""
+    """Open one or several embedding stores that must come from one extraction.
+
+    Shards given together must share the embedding dimension and, where their metadata
+    records them, the model (sha256), the preprocessing, flip TTA and the label space.
+    Stores with different label spaces are accepted only when every label means the same
+    identity in all of them (read from the ``identity`` column); otherwise two independent
+    extractions' label 0 would silently become one class. Raises FacecleanError naming the
+    shard at fault.
+    """
     stores = [(p, open_store(p)) for p in as_paths(paths)]
     first, first_pf = stores[0]
     dim = first_pf.schema_arrow.field("embedding").type.list_size
@@ -156,7 +164,62 @@ def open_stores(paths) -> list[tuple[Path, pq.ParquetFile]]:
             raise FacecleanError(
                 f"embedding dimension {other} does not match {dim} of {first.name}", p
             )
+    if len(stores) > 1:
+        _check_one_extraction(stores)
     return stores
+
+
+_SAME = (("model_sha256", "model (sha256)"), ("preprocessing", "preprocessing"), ("flip", "flip"))
+
+
+def _meta(pf: pq.ParquetFile) -> dict:
+    meta = pf.schema_arrow.metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+def _check_one_extraction(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
+    first, first_pf = stores[0]
+    ref = _meta(first_pf)
+    differ_labels = any(_meta(pf).get("label_space") != ref.get("label_space") for _, pf in stores)
+    for p, pf in stores[1:]:
+        meta = _meta(pf)
+        for key, what in _SAME:
+            if key in ref and key in meta and ref[key] != meta[key]:
+                raise FacecleanError(
+                    f"not from the same extraction as {first.name}: the {what} differs; "
+                    "shards given together must come from one model and preprocessing",
+                    p,
+                )
+    if not differ_labels:
+        return
+    names: dict[int, tuple[str, Path]] = {}
+    labels: dict[str, tuple[int, Path]] = {}
+    for p, pf in stores:
+        if "identity" not in pf.schema_arrow.names:
+            raise FacecleanError(
+                f"its label space differs from {first.name}'s and it has no identity column "
+                "to check that the labels mean the same identities",
+                p,
+            )
+        table = pf.read(columns=["label", "identity"]).group_by(["label", "identity"]).aggregate([])
+        for label, identity in zip(
+            table["label"].to_pylist(), table["identity"].to_pylist(), strict=True
+        ):
+            other = labels.setdefault(identity, (label, p))
+            if other[0] != label:
+                raise FacecleanError(
+                    f"identity {identity!r} has label {label} here but {other[0]} in "
+                    f"{other[1].name}: independent extractions; extract them together",
+                    p,
+                )
+            seen = names.setdefault(label, (identity, p))
+            if seen[0] != identity:
+                raise FacecleanError(
+                    f"label {label} is identity {identity!r} here but {seen[0]!r} in "
+                    f"{seen[1].name}: independent extractions whose labels collide; extract "
+                    "them together (one list file or folder) to share one label space",
+                    p,
+                )
 
 
 def iter_row_groups(pf: pq.ParquetFile, columns: list[str], batch_rows: int) -> Iterator:
