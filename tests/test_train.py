@@ -84,6 +84,57 @@ def test_resume_gives_the_same_model(sets, tmp_path):
         train(config(train_dir, epochs=5), tmp_path / "a")
 
 
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    return make_face_folder(tmp_path_factory.mktemp("small"), 8, 6, size=56, seed=3)
+
+
+@pytest.mark.slow  # ~5 s of CPU per head
+@pytest.mark.parametrize(
+    ("loss", "kwargs", "rate"),
+    [
+        ("unified", {"s_p": 30, "s_n": 32}, 0.5),  # Partial FC: its sampling must resume
+        ("arcface", {"s": 32}, 1.0),
+        ("cosface", {"s": 32}, 1.0),
+        ("sphereface", {"s": 32}, 1.0),
+        ("softmax", {"s": 32}, 1.0),
+        ("adaface", {"s": 32}, 1.0),
+        ("npcface", {"s": 32}, 1.0),
+        ("mv-softmax", {}, 1.0),
+        ("search-softmax", {"s": 32, "random": True, "seed": 4}, 0.9),  # a drawn per epoch
+        ("linear", {"s": 32}, 1.0),
+    ],
+)
+def test_resume_equals_an_uninterrupted_run_for_every_head(small_set, tmp_path, loss, kwargs, rate):
+    cfg = config(
+        small_set,
+        loss=loss,
+        loss_kwargs=kwargs,
+        sample_rate=rate,
+        epochs=2,
+        batch_size=12,
+        width=0.25,
+        embedding_size=16,
+        input_size=32,  # tiny and fast: what is tested is the state, not the accuracy
+    )
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b", stop_after_epochs=1)
+    train(cfg, tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)  # no pickled objects
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 8)
+    for part in ("model", "head"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+    assert torch.equal(
+        a["optimiser"]["state"][0]["momentum_buffer"], b["optimiser"]["state"][0]["momentum_buffer"]
+    )
+    if rate < 1:
+        assert a["head"]["draws"].item() == 8  # one Partial FC draw per step, resumed
+    if loss == "search-softmax":
+        assert -5.0 <= a["head"]["a_value"].item() < 0
+
+
 def test_export_parity_and_extract_reads_it_without_flags(sets, tmp_path):
     train_dir, val_dir = sets
     train(config(train_dir, epochs=1), tmp_path / "run")
