@@ -31,6 +31,8 @@ from faceclean.cleaning.dedup import restrict_inputs
 from faceclean.cleaning.filter import FilterResult, filter_store
 from faceclean.cleaning.merge import MergeResult, merge_classes
 from faceclean.data.datasets import read_image_bytes
+from faceclean.data.preprocess import ImageError
+from faceclean.data.recimages import rec_image, write_property
 from faceclean.data.recordio import write_face_rec
 from faceclean.data.store import as_paths, atomic_path, iter_row_groups, read_metadata
 from faceclean.errors import FacecleanError
@@ -73,8 +75,13 @@ def write_clean_list(
     output: Path,
     fmt: str = "parquet",
     data_root: Path | None = None,
+    preprocessing: dict | None = None,
 ) -> int:
-    """Write the kept samples with their clean labels; returns the number of rows."""
+    """Write the kept samples with their clean labels; returns the number of rows.
+
+    ``--format rec`` needs ``data_root`` (the images) and ``preprocessing`` (the
+    extraction's, from the embeddings' metadata: the input size and fit); it writes the
+    ``property`` file beside the ``.rec``."""
     if fmt not in FORMATS:
         raise FacecleanError(f"format must be one of {FORMATS}, not {fmt!r}")
     rows = 0
@@ -107,14 +114,26 @@ def write_clean_list(
         table = table.take(pc.sort_indices(table, [("label", "ascending")]))
         paths, labels = table["path"].to_pylist(), table["label"].to_numpy()
 
+        # Training loaders decode records as they are: store images at the model's input
+        # size, fitted as extract did (see faceclean.data.recimages).
+        spec = preprocessing or {}
+        if "height" not in spec:
+            raise FacecleanError(
+                "--format rec needs the model input size, recorded by `faceclean extract` in "
+                "the embeddings' metadata; these embeddings have none",
+                output,
+            )
+        h, w, fit = int(spec["height"]), int(spec["width"]), spec.get("fit", "resize")
+
         def items():
             for p, lab in zip(paths, labels, strict=True):
                 try:
-                    yield int(lab), read_image_bytes(data_root, p)
-                except OSError as e:
+                    yield int(lab), rec_image(read_image_bytes(data_root, p), h, w, fit)[0]
+                except (OSError, ImageError) as e:
                     raise FacecleanError(f"cannot read image for the .rec: {e}", p) from None
 
         rows = write_face_rec(output, items())
+        write_property(output.parent, int(labels.max()) + 1 if len(labels) else 0, h, w)
     return rows
 
 
@@ -233,7 +252,12 @@ def _clean(
             pq.write_table(mr.table if key == "merges" else mr.pairs, tmp)
     mapping = new_labels(fr.kept_counts, mr.merged_label)
     rows = write_clean_list(
-        paths["scores"], mapping, paths["clean"], fmt, Path(data_root) if data_root else None
+        paths["scores"],
+        mapping,
+        paths["clean"],
+        fmt,
+        Path(data_root) if data_root else None,
+        read_metadata(given[0]).get("preprocessing") if fmt == "rec" else None,
     )
     if embeddings != given:
         embeddings[0].unlink()
