@@ -134,3 +134,20 @@ def test_overlap_on_real_faces(tmp_path):
     r = find_overlap(train, [evaluation, leaked], 0.75, image_tau=0.95, device="cpu")
     assert r.image_pairs["train_path"].to_pylist() == ["s3/1.pgm"]
     assert r.image_pairs["cosine"][0].as_py() > 0.999
+
+
+def test_overlap_refuses_stores_of_two_models_but_not_two_label_spaces(tmp_path):
+    x, y = clustered_embeddings(6, 4, dim=16, seed=0)
+
+    def store(name, sha, space):
+        meta = {"model_sha256": sha, "label_space": space}
+        schema = embedding_schema(16, metadata=meta)
+        ids = [f"p{k}" for k in y]
+        pq.write_table(embedding_table(ids, y, ids, x, np.ones(len(y)), schema), tmp_path / name)
+        return tmp_path / name
+
+    train, same = store("t.parquet", "aaa", "one"), store("e.parquet", "aaa", "other")
+    assert find_overlap(train, same, 0.9, device="cpu").exclude.num_rows == 6
+    other = store("o.parquet", "bbb", "other")
+    with pytest.raises(FacecleanError, match="o.parquet: the model sha256 differs"):
+        find_overlap(train, other, 0.9, device="cpu")

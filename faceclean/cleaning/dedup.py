@@ -167,7 +167,7 @@ def restrict_inputs(
     drop_labels, keep_row = None, None
     if exclude is not None:
         drop_labels = read_exclude(exclude)
-        summary["exclude"] = str(exclude)
+        summary["exclude"] = str(Path(exclude).resolve())
     if dedup is not None:
         dr = find_duplicates(embeddings, dedup, dedup_keep, device, backend)
         with atomic_path(out / "dedup.parquet") as tmp:

@@ -27,7 +27,13 @@ import pyarrow.parquet as pq
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex
 from faceclean.cleaning.filter import class_sums, normalise_rows
-from faceclean.data.store import as_paths, atomic_path, iter_embeddings, open_stores
+from faceclean.data.store import (
+    as_paths,
+    atomic_path,
+    iter_embeddings,
+    open_stores,
+    read_metadata,
+)
 from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
@@ -92,6 +98,24 @@ def load_store(paths) -> tuple[list[str], np.ndarray, np.ndarray]:
     return out_p, np.concatenate(out_l).astype(np.int64), emb
 
 
+def _comparable(train, evaluation) -> None:
+    """Cosines across two stores mean something only for one model and preprocessing;
+    their label spaces are their own."""
+    (tp, tpf), (ep, epf) = train, evaluation
+    td = tpf.schema_arrow.field("embedding").type.list_size
+    ed = epf.schema_arrow.field("embedding").type.list_size
+    if td != ed:
+        raise FacecleanError(f"embedding dimension {ed} does not match {td} of {tp.name}", ep)
+    tm, em = read_metadata(tp), read_metadata(ep)
+    for key in ("model_sha256", "preprocessing", "flip"):
+        if key in tm and key in em and tm[key] != em[key]:
+            raise FacecleanError(
+                f"the {key.replace('_', ' ')} differs from {tp.name}'s: embeddings of two "
+                "models (or preprocessings) cannot be compared; extract both with one",
+                ep,
+            )
+
+
 @dataclass
 class OverlapResult:
     identity_pairs: pa.Table
@@ -120,7 +144,7 @@ def find_overlap(
     if not -1.0 <= tau <= 1.0 or (image_tau is not None and not -1.0 <= image_tau <= 1.0):
         raise FacecleanError("cosine thresholds must lie in [-1, 1]")
     train, evaluation = as_paths(train), as_paths(evaluation)
-    open_stores([*train, *evaluation])  # one dimension across both, or a named error
+    _comparable(open_stores(train)[0], open_stores(evaluation)[0])
     ts, tc = class_sums(train)
     es, ec = class_sums(evaluation)
     t_lab, e_lab = np.flatnonzero(tc > 0), np.flatnonzero(ec > 0)

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from faceclean.cleaning.clean import read_clean_summary
+from faceclean.cleaning.report_groups import face_sections
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import decode_image
 from faceclean.data.store import as_paths, atomic_path, read_metadata
@@ -219,6 +220,10 @@ def _write_report(clean_dir: Path, summary: dict, data_root, folder: Path) -> di
             "typical faces; blue: its hardest negative class's</p>"
             "<img src='contact_sheet.png'>"
         )
+    # Faces side by side: merged groups, evaluation overlap, near-duplicates (data URIs).
+    parts += face_sections(
+        clean_dir, summary, scores, root if root and Path(root).exists() else None
+    )
     parts.append("</body></html>")
     with atomic_path(out["html"]) as tmp:
         tmp.write_text("\n".join(parts))
