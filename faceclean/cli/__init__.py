@@ -4,7 +4,7 @@
 ``train`` and ``search`` each register their stage's verbs on the group when imported.
 """
 
-from faceclean.cli import clean, extract, search, train  # noqa: F401  (registers the verbs)
+from faceclean.cli import clean, doctor, extract, search, train  # noqa: F401  (registers the verbs)
 from faceclean.cli.common import main
 
 __all__ = ["main"]
