@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -17,6 +19,7 @@ from faceclean.data.align import (
     similarity_transform,
     warp,
 )
+from faceclean.data.datasets import read_rec
 from faceclean.data.detectors import FaceDetector, decode_scrfd, decode_yunet, nms
 from faceclean.errors import FacecleanError
 from tests.conftest import SHARED, SHARED_MODEL, SHARED_ORL, make_onnx, tensor
@@ -223,6 +226,11 @@ def test_align_layouts_picks_failures_and_resume(tmp_path):
 
     r = align(raw / "list.txt", tmp_path / "small", det, min_size=40, pick="all", workers=1)
     assert r.num_faces == 1  # the 46x56 face's box is under 40 px on a side
+    r = align(raw / "list.txt", tmp_path / "faces.rec", det, pick="all", workers=1)
+    packed = read_rec(tmp_path / "faces.rec")
+    assert len(packed) == 2 and packed.identities == ["7"] and r.output.suffix == ".rec"
+    assert Image.open(io.BytesIO(packed.read(1))).size == (112, 112)
+    assert not (tmp_path / "faces.rec.partial").exists()
     r = align(raw / "list.txt", tmp_path / "c", det, pick="central", workers=1)
     again = align(raw / "list.txt", tmp_path / "c", det, pick="central", workers=1)
     assert again.num_resumed == 1 and again.num_faces == 1 and again.num_failed == 1

@@ -258,7 +258,7 @@ def extract(
     "--output",
     required=True,
     type=click.Path(path_type=Path),
-    help="Folder for the aligned crops (same layout as DATA).",
+    help="Folder for the aligned crops (same layout as DATA), or a .rec to pack them in.",
 )
 @click.option(
     "--detector",

@@ -6,7 +6,8 @@ template by the similarity transform (rotation, uniform scale, translation) that
 landmarks onto the template in the least-squares sense (Umeyama 1991). The crops are written
 in the layout that was read: ``RAW/<identity>/<image>`` becomes ``ALIGNED/<identity>/<image>``,
 a list file gets a copy with the same lines under the output folder, a ``.rec`` becomes an
-image folder ``ALIGNED/<identity>/<key>.png``.
+image folder ``ALIGNED/<identity>/<key>.png``; an output named ``*.rec`` is an InsightFace
+``.rec``/``.idx`` of JPEG crops (gathered in ``<output>.partial/`` first, so it resumes too).
 
 A worker pool decodes, detects, warps and writes image by image (PIL, NumPy and
 onnxruntime release the GIL). Every crop is written under a temporary name and renamed, so a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,7 @@ from PIL import Image
 
 from faceclean.data.datasets import FaceDataset, open_dataset
 from faceclean.data.detectors import FaceDetector, Faces
+from faceclean.data.recordio import write_face_rec
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.progress import RowProgress
@@ -166,9 +169,8 @@ def _save(image: Image.Image, path: Path) -> None:
         image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
-def _align_one(ds, i, out_root, det, pick, min_size, min_score, size):
-    """Align image ``i``: (list of written relative paths, residuals, error or None)."""
-    rel = output_relpath(ds, i)
+def _align_one(ds, i, rel, out_root, det, pick, min_size, min_score, size):
+    """Align image ``i`` to ``out_root/rel``: (written relative paths, residuals, error)."""
     try:
         image = Image.open(io.BytesIO(ds.read(i)))
         image.load()
@@ -210,7 +212,7 @@ def align(
 
     Args:
         source: an image folder, a ``path label`` list file or a ``.rec``.
-        output: the folder to write the crops into (made if missing).
+        output: the folder to write the crops into (made if missing), or a ``.rec`` path.
         detector: an ONNX YuNet or SCRFD model path, or a loaded FaceDetector.
         root: folder the paths of a list file are relative to.
         pick: "largest", "central" (box centre nearest the image centre) or "all" (every
@@ -234,6 +236,16 @@ def align(
         raise FacecleanError("workers must be at least 1")
     source, out_root = Path(source), Path(output)
     ds = open_dataset(source, root)
+    rec = out_root.suffix == ".rec"
+    if rec:  # crops gather in a resumable folder, packed into the .rec at the end
+        rec_path, out_root = out_root, out_root.with_name(out_root.name + ".partial")
+        if rec_path.exists():
+            raise FacecleanError("output .rec already exists; remove it first", rec_path)
+
+    def rel_of(i: int) -> str:
+        rel = output_relpath(ds, i)
+        return os.path.splitext(rel)[0] + ".jpg" if rec else rel
+
     if out_root.resolve() == Path(ds.root).resolve():
         raise FacecleanError("the output folder is the input folder; choose another", out_root)
     if out_root.exists() and not out_root.is_dir():
@@ -245,7 +257,7 @@ def align(
         det = FaceDetector(detector, device=device, max_side=max_side, threads=threads)
     out_root.mkdir(parents=True, exist_ok=True)
     n = len(ds)
-    todo = [i for i in range(n) if not _done(out_root, output_relpath(ds, i), pick)]
+    todo = [i for i in range(n) if not _done(out_root, rel_of(i), pick)]
     resumed = n - len(todo)
     failures: list[tuple[str, int, str]] = []
     residuals: list[float] = []
@@ -259,7 +271,7 @@ def align(
                     i = next(queue, None)
                     if i is None:
                         break
-                    args = (ds, i, out_root, det, pick, min_size, min_score, size)
+                    args = (ds, i, rel_of(i), out_root, det, pick, min_size, min_score, size)
                     inflight.append((i, pool.submit(_align_one, *args)))
                 if not inflight:
                     break
@@ -271,26 +283,33 @@ def align(
                 bar.advance(1)
     finally:
         bar.close()
-    failures_path = out_root.with_name(out_root.name + ".failures.tsv")
+    final = rec_path if rec else out_root
+    failures_path = final.with_name(final.name + ".failures.tsv")
     if failures:
         with atomic_path(failures_path) as tmp, open(tmp, "w") as f:
             f.write("path\tlabel\terror\n")
             f.writelines(f"{p}\t{ds.identities[lab]}\t{msg}\n" for p, lab, msg in failures)
     else:
         failures_path.unlink(missing_ok=True)
+    crops = _crops(out_root, [rel_of(i) for i in range(n)], pick)
     list_path = None
-    if ds.kind == "list":
-        list_path = _write_list(ds, out_root, source.name, pick)
-    num_faces = sum(
-        1 if pick != "all" else _count_all(out_root, output_relpath(ds, i))
-        for i in range(n)
-        if _done(out_root, output_relpath(ds, i), pick)
-    )
+    if rec:
+        order = sorted(range(n), key=lambda i: ds.labels[i])  # a .rec wants labels grouped
+        # A list file's integer labels are kept; identity folder names become 0..K-1.
+        numeric = all(s.lstrip("-").isdigit() for s in ds.identities)
+        label = [int(s) for s in ds.identities] if numeric else list(range(ds.num_classes))
+        items = (
+            (label[ds.labels[i]], (out_root / r).read_bytes()) for i in order for r in crops[i]
+        )
+        write_face_rec(rec_path, items)
+        shutil.rmtree(out_root)
+    elif ds.kind == "list":
+        list_path = _write_list(ds, out_root, source.name, crops)
     return AlignResult(
-        output=out_root,
+        output=final,
         num_images=n,
         num_resumed=resumed,
-        num_faces=num_faces,
+        num_faces=sum(map(len, crops)),
         num_failed=len(failures),
         failures=failures,
         failures_path=failures_path if failures else None,
@@ -303,26 +322,24 @@ def align(
     )
 
 
-def _count_all(out_root: Path, rel: str) -> int:
-    k = 0
-    while (out_root / _suffixed(rel, k + 1)).exists():
-        k += 1
-    return k
-
-
-def _write_list(ds: FaceDataset, out_root: Path, name: str, pick: str) -> Path:
-    """``<output>/<name>``: one ``path label`` line per written crop, original labels."""
-    lines = []
-    for i in range(len(ds)):
-        rel = output_relpath(ds, i)
-        if not _done(out_root, rel, pick):
+def _crops(out_root: Path, rels: list[str], pick: str) -> list[list[str]]:
+    """The crops on disk for each image (relative paths; empty where no face)."""
+    out = []
+    for rel in rels:
+        if pick != "all":
+            out.append([rel] if (out_root / rel).exists() else [])
             continue
-        rels = (
-            [rel]
-            if pick != "all"
-            else [_suffixed(rel, k + 1) for k in range(_count_all(out_root, rel))]
-        )
-        lines += [f"{r} {ds.identities[ds.labels[i]]}\n" for r in rels]
+        found, k = [], 1
+        while (out_root / _suffixed(rel, k)).exists():
+            found.append(_suffixed(rel, k))
+            k += 1
+        out.append(found)
+    return out
+
+
+def _write_list(ds: FaceDataset, out_root: Path, name: str, crops: list[list[str]]) -> Path:
+    """``<output>/<name>``: one ``path label`` line per written crop, original labels."""
+    lines = [f"{r} {ds.identities[ds.labels[i]]}\n" for i, found in enumerate(crops) for r in found]
     path = out_root / name
     with atomic_path(path) as tmp:
         tmp.write_text("".join(lines))
