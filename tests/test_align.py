@@ -102,6 +102,16 @@ def _fake_detector(path, outputs):
     return make_onnx(path, nodes, [tensor("x", [1, 3, 64, 64])], [tensor(n, None) for n in outputs])
 
 
+def test_insightface_scrfd_export_is_read_from_its_output_order(tmp_path):
+    names = [str(400 + k) for k in range(9)]
+    nodes = [helper.make_node("Identity", ["x"], [n]) for n in names]
+    shapes = [[None, d] for d in (1, 1, 1, 4, 4, 4, 10, 10, 10)]
+    outs = [tensor(n, s) for n, s in zip(names, shapes, strict=True)]
+    path = make_onnx(tmp_path / "det_10g.onnx", nodes, [tensor("x", [1, 3, 640, 640])], outs)
+    det = FaceDetector(path)
+    assert det.kind == "scrfd" and det.names["kps"] == names[6:] and det.fixed == (640, 640)
+
+
 def test_detector_layouts_are_read_from_output_names(tmp_path):
     other = _fake_detector(tmp_path / "boxes.onnx", ["boxes", "scores"])
     with pytest.raises(FacecleanError, match="boxes.onnx.*not a face detector.*2 outputs"):
@@ -231,6 +241,9 @@ def test_align_layouts_picks_failures_and_resume(tmp_path):
     assert len(packed) == 2 and packed.identities == ["7"] and r.output.suffix == ".rec"
     assert Image.open(io.BytesIO(packed.read(1))).size == (112, 112)
     assert not (tmp_path / "faces.rec.partial").exists()
+    r = align(tmp_path / "faces.rec", tmp_path / "from_rec", det, workers=1)
+    assert r.num_faces == 2
+    assert sorted(p.name for p in (tmp_path / "from_rec" / "7").iterdir()) == ["1.png", "2.png"]
     r = align(raw / "list.txt", tmp_path / "c", det, pick="central", workers=1)
     again = align(raw / "list.txt", tmp_path / "c", det, pick="central", workers=1)
     assert again.num_resumed == 1 and again.num_faces == 1 and again.num_failed == 1
