@@ -302,6 +302,52 @@ def writing(
             yield path
 
 
+@contextmanager
+def resumable_dir(
+    path: PathLike,
+    *,
+    overwrite: bool,
+    inputs=(),
+    marker: str = "config.json",
+    lock: bool = True,
+) -> Iterator[Path]:
+    """A folder output that a re-run continues (a training run): how swap and resume meet.
+
+    Without ``overwrite`` the folder itself is yielded (created if missing): it is the
+    state a re-run resumes from, each of its files replaced atomically as work goes on, so
+    a kill leaves the last complete step. A folder that exists, is not empty and lacks
+    ``marker`` is not such a run and is refused. With ``overwrite`` an existing folder is
+    not touched until the new one is complete: the fresh run is built in
+    ``.<name>.tmp-<pid>`` and swapped in whole; a kill leaves the old run as it was and its
+    temporary is removed by the next writer (the fresh run then starts over). Checked and
+    locked before any work, like :func:`writing`; ``lock=False`` is for the processes
+    of a multi-process job other than the one that writes (they may not overwrite).
+    """
+    path = Path(path)
+    refuse_inputs([path], inputs)
+    if path.exists() and not path.is_dir():
+        raise FacecleanError("exists and is not a folder; give a folder path", path)
+    if path.is_dir() and not overwrite and any(path.iterdir()) and not (path / marker).exists():
+        raise FacecleanError(
+            f"exists and holds no {marker}: not a run to resume; pass --overwrite to replace it",
+            path,
+        )
+    check_output(path, overwrite=True, inputs=inputs, folder=True)
+    if not lock:
+        if overwrite:
+            raise FacecleanError("only the writing process may overwrite a run folder", path)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with output_lock(path):
+        if overwrite and path.exists():
+            with atomic_dir(path) as tmp:
+                yield tmp
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            yield path
+
+
 def tmp_sibling(path: PathLike) -> Path:
     """``.<name>.tmp-<pid>``: the temporary a file is written under (the name
     :func:`faceclean.data.store.atomic_path` uses, so :func:`remove_stale` finds it)."""

@@ -3,15 +3,46 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
-from faceclean.cli.common import FacecleanError, _summary_table, main
+from faceclean.cli.common import FacecleanError, Finite, _summary_table, main
+from faceclean.outputs import resumable_dir
+
+_positive = Finite(min=0.0, min_open=True)
+
+
+def _list_grid(ctx: click.Context, _param, value: bool) -> None:
+    """Print the MACs of every (W, D) point of the default search grid and exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    from faceclean.search.space import DEFAULT_CHOICES
+    from faceclean.training.backbones import grid_macs
+
+    widths, depths = DEFAULT_CHOICES["width"], DEFAULT_CHOICES["depth"]
+    click.echo("MobileFaceNet MACs (millions; 112x112 input, 512-d embedding) per (W, D):")
+    click.echo("D \\ W       " + "".join(f"{w:>8.3g}" for w in widths))
+    table = grid_macs(widths, depths)
+    for d in depths:
+        blocks = "+".join(str(n) for n in table[(widths[0], d)][0])
+        row = "".join(f"{table[(w, d)][1] / 1e6:8.1f}" for w in widths)
+        click.echo(f"{d:<5.3g}{blocks:>8}{row}")
+    ctx.exit()
 
 
 @main.command("train")
 @click.argument("clean_list", type=click.Path(path_type=Path))
+@click.option(
+    "--list-grid",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_list_grid,
+    help="Print the MACs of every (W, D) of the default search grid (with the blocks per "
+    "stage of each D) and exit.",
+)
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
@@ -23,10 +54,16 @@ from faceclean.cli.common import FacecleanError, _summary_table, main
     show_default=True,
     help="mobilefacenet, iresnet18/34/50/100.",
 )
-@click.option("--width", default=1.0, show_default=True, help="Width multiplier W.")
-@click.option("--depth", default=1.0, show_default=True, help="Depth multiplier D.")
-@click.option("--embedding-size", default=128, show_default=True)
-@click.option("--input-size", default=112, show_default=True, help="Square input side (56 ok).")
+@click.option("--width", type=_positive, default=1.0, show_default=True, help="Width multiplier W.")
+@click.option("--depth", type=_positive, default=1.0, show_default=True, help="Depth multiplier D.")
+@click.option("--embedding-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=8),
+    default=112,
+    show_default=True,
+    help="Square input side (56 ok).",
+)
 @click.option(
     "--loss",
     default="unified",
@@ -34,11 +71,11 @@ from faceclean.cli.common import FacecleanError, _summary_table, main
     help="unified, arcface, cosface, sphereface, softmax, adaface, npcface, "
     "mv-softmax, search-softmax, linear.",
 )
-@click.option("--m1", type=float, help="unified: angular multiplier [1.15].")
-@click.option("--m2", type=float, help="unified: additive angular margin [0.22].")
-@click.option("--m3", type=float, help="unified: additive cosine margin [0].")
-@click.option("--s-p", type=float, help="unified: positive scale [40].")
-@click.option("--s-n", type=float, help="unified: negative scale [48].")
+@click.option("--m1", type=Finite(), help="unified: angular multiplier [1.15].")
+@click.option("--m2", type=Finite(), help="unified: additive angular margin [0.22].")
+@click.option("--m3", type=Finite(), help="unified: additive cosine margin [0].")
+@click.option("--s-p", type=_positive, help="unified: positive scale [40].")
+@click.option("--s-n", type=_positive, help="unified: negative scale [48].")
 @click.option(
     "--loss-arg",
     multiple=True,
@@ -47,9 +84,11 @@ from faceclean.cli.common import FacecleanError, _summary_table, main
 )
 @click.option(
     "--sample-rate",
+    type=Finite(0.0, 1.0, min_open=True),
     default=1.0,
     show_default=True,
-    help="Partial-FC share of negative classes per step.",
+    help="Partial FC: share of all classes (positives included) whose centres each step "
+    "uses; every positive is always kept.",
 )
 @click.option(
     "--teacher",
@@ -57,17 +96,24 @@ from faceclean.cli.common import FacecleanError, _summary_table, main
     help="LATSE: a trained run over the same labels; a sample trains the student only when "
     "its label is in the teacher's top-k.",
 )
-@click.option("--teacher-topk", default=5, show_default=True)
-@click.option("--epochs", default=1, show_default=True)
-@click.option("--max-steps", type=int, help="Stop after this many steps.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--lr", default=0.1, show_default=True)
-@click.option("--warmup-epochs", default=0.0, show_default=True)
+@click.option("--teacher-topk", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")
+# BatchNorm needs two samples per batch to train
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--lr", type=_positive, default=0.1, show_default=True)
+@click.option("--warmup-epochs", type=Finite(min=0.0), default=0.0, show_default=True)
 @click.option(
     "--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True
 )
-@click.option("--seed", default=0, show_default=True)
-@click.option("--workers", default=2, show_default=True, help="Data-loading processes.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Data-loading processes.",
+)
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
@@ -82,6 +128,12 @@ from faceclean.cli.common import FacecleanError, _summary_table, main
     required=True,
     type=click.Path(path_type=Path),
     help="Run folder (config, checkpoint, metrics); an existing one resumes.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start afresh in place of an existing run folder (built aside, swapped in when "
+    "training ends; until then the old run stays).",
 )
 def train_cmd(
     clean_list,
@@ -112,8 +164,11 @@ def train_cmd(
     device,
     val,
     output,
+    overwrite,
 ):
-    """Train a backbone with a margin loss on a clean list (Parquet, 'path label' or .rec)."""
+    """Train a backbone with a margin loss on a clean list (Parquet, 'path label' or .rec).
+
+    The same command on the same run folder resumes it; --overwrite starts afresh."""
     from faceclean.training.run import TrainConfig
     from faceclean.training.train import evaluate_run, train
 
@@ -151,10 +206,18 @@ def train_cmd(
         workers=workers,
         device=device,
     )
-    try:
-        summary = train(cfg, output, progress=True)
-    except TypeError as e:
-        raise FacecleanError(f"bad parameter for loss {loss!r}: {e}") from None
+    inputs = [clean_list, data, teacher, val]
+    # Under torchrun every rank runs this command; rank 0 writes the run folder and holds
+    # its lock, and a fresh start (built aside, swapped in) cannot be shared by the ranks.
+    if overwrite and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise FacecleanError("--overwrite cannot be used under torchrun: remove the folder first")
+    writer = int(os.environ.get("RANK", 0)) == 0
+    with resumable_dir(output, overwrite=overwrite, inputs=inputs, lock=writer) as run_dir:
+        try:
+            summary = train(cfg, run_dir, progress=True)
+        except TypeError as e:
+            raise FacecleanError(f"bad parameter for loss {loss!r}: {e}") from None
+    summary["run_dir"] = str(output)
     if val:
         summary.update(evaluate_run(output, val, (1e-2, 1e-3, 1e-4)))
     _summary_table(
@@ -178,11 +241,20 @@ def train_cmd(
     help="InsightFace .bin pair set(s): 10-fold accuracy with flip.",
 )
 @click.option(
-    "--far", "fars", multiple=True, type=float, default=(1e-3, 1e-4, 1e-5), show_default=True
+    "--far",
+    "fars",
+    multiple=True,
+    type=Finite(0.0, 1.0, min_open=True),
+    default=(1e-3, 1e-4, 1e-5),
+    show_default=True,
 )
-def eval_cmd(run_dir, val, bins, fars):
+@click.option("--unfinished", is_flag=True, help="Accept a run whose training has not ended.")
+def eval_cmd(run_dir, val, bins, fars, unfinished):
     """TAR@FAR, the paper's ACC, and .bin accuracies of a trained run."""
+    from faceclean.training.run import load_run
     from faceclean.training.train import evaluate_run, evaluate_run_bin
+
+    load_run(run_dir, require_finished=not unfinished)  # a clear error before any work
 
     rows = {}
     if val:
@@ -200,8 +272,11 @@ def eval_cmd(run_dir, val, bins, fars):
 @main.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
-def export_cmd(run_dir, output):
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
+@click.option("--unfinished", is_flag=True, help="Export a run whose training has not ended.")
+def export_cmd(run_dir, output, overwrite, unfinished):
     """Export a trained run to ONNX (dynamic batch, preprocessing recorded)."""
     from faceclean.training.export import export_onnx
 
-    _summary_table("faceclean export", {"model": str(export_onnx(run_dir, output))})
+    model = export_onnx(run_dir, output, overwrite=overwrite, unfinished=unfinished)
+    _summary_table("faceclean export", {"model": str(model)})

@@ -17,6 +17,7 @@ import torch
 from faceclean.data.onnx_model import METADATA_KEY
 from faceclean.data.preprocess import Preprocessing
 from faceclean.data.store import atomic_path
+from faceclean.outputs import writing
 from faceclean.training.run import load_run, spec_for
 
 
@@ -56,15 +57,29 @@ def export_face_model(
     return output
 
 
-def export_onnx(run_dir: str | Path, output: str | Path, opset: int = 17) -> Path:
-    """Write the run's backbone as ONNX (atomically) and return the path."""
-    model, cfg = load_run(run_dir)
-    config = (Path(run_dir) / "config.json").read_text()
-    return export_face_model(
-        model,
-        output,
-        cfg.input_size,
-        spec_for(cfg),
-        metadata={"faceclean.train_config": config},
-        opset=opset,
-    )
+def export_onnx(
+    run_dir: str | Path,
+    output: str | Path,
+    opset: int = 17,
+    overwrite: bool = False,
+    unfinished: bool = False,
+) -> Path:
+    """Write the run's backbone as ONNX (atomically) and return the path.
+
+    The output is checked before any work (not an input, ``overwrite`` to replace it, a
+    writable folder) and locked while written; a run whose training has not ended is
+    refused unless ``unfinished`` (see :func:`faceclean.training.run.load_run`).
+    """
+    run_dir = Path(run_dir)
+    inputs = [run_dir, run_dir / "checkpoint.pt", run_dir / "config.json"]
+    with writing(output, overwrite=overwrite, inputs=inputs):
+        model, cfg = load_run(run_dir, require_finished=not unfinished)
+        config = (run_dir / "config.json").read_text()
+        return export_face_model(
+            model,
+            output,
+            cfg.input_size,
+            spec_for(cfg),
+            metadata={"faceclean.train_config": config},
+            opset=opset,
+        )

@@ -73,15 +73,62 @@ def spec_for(cfg: TrainConfig) -> Preprocessing:
     return Preprocessing(p["mean"], p["std"], p["channels"], cfg.input_size, cfg.input_size)
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The trained backbone (eval mode) and its config from a run folder."""
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """A run's ``checkpoint.pt`` loaded with ``torch.load(weights_only=True)``: tensors,
+    numbers, strings, lists and dicts only, so a crafted file cannot run code here. A file
+    that holds anything else (or is no checkpoint at all) is a one-line error naming it."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            # torch's message is pages long; its first line names the refused global
+            first = "it holds Python objects that weights_only loading refuses: " + first
+        raise FacecleanError(
+            f"cannot load the checkpoint safely ({type(e).__name__}: {first[:200]})", path
+        ) from None
+    if not isinstance(state, dict) or not {"model", "num_classes"} <= set(state):
+        raise FacecleanError("not a faceclean training checkpoint", path)
+    return state
+
+
+def run_progress(state: dict, cfg: TrainConfig) -> tuple[bool, str]:
+    """(finished, 'epoch e of E') of a run: finished when every epoch ran or ``max_steps``
+    was reached. A time-sliced or killed run has a valid checkpoint that is not finished."""
+    epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+    done = epoch >= cfg.epochs or (cfg.max_steps is not None and step >= cfg.max_steps)
+    return done, f"epoch {epoch} of {cfg.epochs}"
+
+
+def load_run(
+    run_dir: str | Path, device: str = "cpu", require_finished: bool = False
+) -> tuple[nn.Module, TrainConfig]:
+    """The trained backbone (eval mode) and its config from a run folder.
+
+    ``require_finished`` refuses a run whose training has not ended (a killed or
+    time-sliced run), so that nothing exports or scores a half-trained model as if final.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         raise FacecleanError("no checkpoint.pt: not a finished `faceclean train` run", run_dir)
-    raw = json.loads((run_dir / "config.json").read_text())
-    raw["step_milestones"] = tuple(raw.get("step_milestones", (0.5, 0.75)))
-    cfg = TrainConfig(**raw)
-    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    if not (run_dir / "config.json").is_file():
+        raise FacecleanError("no config.json: not a `faceclean train` run", run_dir)
+    try:
+        raw = json.loads((run_dir / "config.json").read_text())
+        raw["step_milestones"] = tuple(raw.get("step_milestones", (0.5, 0.75)))
+        cfg = TrainConfig(**raw)
+    except (ValueError, TypeError) as e:
+        raise FacecleanError(f"unreadable config.json ({e})", run_dir) from None
+    state = read_checkpoint(run_dir / "checkpoint.pt", device)
+    if require_finished:
+        done, where = run_progress(state, cfg)
+        if not done:
+            raise FacecleanError(
+                f"training stopped at {where}: resume it with the same `faceclean train` "
+                "command first (or pass --unfinished to use it as it is)",
+                run_dir,
+            )
     model, _ = build(cfg, state["num_classes"])
     model.load_state_dict(state["model"])
     return model.eval(), cfg

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from faceclean.errors import FacecleanError
-from faceclean.training.run import load_run
+from faceclean.training.run import load_run, read_checkpoint
 
 
 class TeacherFilter:
@@ -26,7 +26,7 @@ class TeacherFilter:
         if k < 1:
             raise FacecleanError(f"teacher top-k must be at least 1, got {k}")
         self.model, cfg = load_run(run_dir, device=str(device))
-        state = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+        state = read_checkpoint(Path(run_dir) / "checkpoint.pt", device)
         self.weight = F.normalize(state["head"]["weight"].to(device))
         if len(self.weight) != num_classes:
             raise FacecleanError(

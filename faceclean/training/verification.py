@@ -90,20 +90,66 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, fars=FARS) -
     return out
 
 
+# The globals a real InsightFace ``.bin`` needs, and nothing else: bytes pickled by Python 3
+# at protocol 2 (``_codecs.encode``), empty bytes and bytearrays, and NumPy arrays or scalars
+# (image buffers stored as uint8 arrays, is-same flags as a bool array). An ndarray's
+# elements are unpickled through this same filter, so an object array cannot smuggle a
+# callable in. MXNet NDArrays, ``os.system``, ``builtins.eval`` ... are refused.
+BIN_GLOBALS = frozenset(
+    {
+        ("_codecs", "encode"),
+        ("builtins", "bytes"),
+        ("builtins", "bytearray"),
+        ("__builtin__", "bytearray"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+)
+
+
+class _RefusedGlobal(Exception):
+    pass
+
+
+class _BinUnpickler(pickle.Unpickler):
+    """Unpickles only the globals in :data:`BIN_GLOBALS`."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in BIN_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def load_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     """An InsightFace ``.bin``: a pickle of (encoded images, is-same flags), images in
-    consecutive pairs. Only open files you trust: it is a pickle."""
+    consecutive pairs. Read with a restricted unpickler (:data:`BIN_GLOBALS`): a file
+    that asks for any other Python object is refused with a one-line error naming it and
+    the object, and nothing in it is executed."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            bins, issame = pickle.load(f, encoding="bytes")
+            bins, issame = _BinUnpickler(f, encoding="bytes").load()
+    except _RefusedGlobal as e:
+        raise FacecleanError(
+            f"refused: the .bin asks to load {e} (not an image/flag pair file, "
+            "possibly a crafted one)",
+            path,
+        ) from None
     except Exception as e:
         raise FacecleanError(
             f"not an InsightFace .bin pair file ({type(e).__name__})", path
         ) from None
     if len(bins) != 2 * len(issame):
         raise FacecleanError(f"{len(bins)} images for {len(issame)} pairs", path)
-    return [bytes(b) for b in bins], np.asarray(issame, bool)
+    try:
+        images = [bytes(b) if not isinstance(b, np.ndarray) else b.tobytes() for b in bins]
+    except TypeError:
+        raise FacecleanError("an image entry is not a byte string", path) from None
+    return images, np.asarray(issame, bool)
 
 
 def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> tuple[float, float]:
