@@ -59,9 +59,7 @@ def test_ppo_beats_random_on_the_surrogate(tmp_path):
     obj = SurrogateObjective(space, seed=0)
     best = {}
     for method in ("ppo", "random"):
-        r = search(
-            space, obj, tmp_path / method, steps=30, batch=8, method=method, alpha=0.0, lr=5e-3
-        )
+        r = search(space, obj, tmp_path / method, steps=30, batch=8, method=method, alpha=0.0)
         best[method] = np.mean([t["reward"] for t in r.trials[-40:]])
     assert best["ppo"] > best["random"] + 0.2
 

@@ -8,6 +8,37 @@ import click
 
 from faceclean.cli.common import console, main
 
+# The Python API's defaults (faceclean.search.loop.DEFAULTS), kept literal here so that
+# `faceclean --help` does not import torch; tests/test_search_cli.py checks they agree.
+_D = {
+    "steps": 50,
+    "batch": 8,
+    "method": "ppo",
+    "seed": 0,
+    "alpha": -0.07,
+    "controller_lr": 5e-3,
+    "ppo_epochs": 4,
+    "entropy": 1e-2,
+    "warmup_trials": 16,
+}
+_POS = click.IntRange(min=1)
+_NONNEG = click.IntRange(min=0)
+
+
+class _FiniteFloat(click.ParamType):
+    name = "float"
+
+    def __init__(self, lo=None, hi=None, min_open=False):
+        self.range = click.FloatRange(lo, hi, min_open=min_open)
+
+    def convert(self, value, param, ctx):
+        import math
+
+        v = self.range.convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
 
 @main.command("search")
 @click.argument("embeddings", type=click.Path(path_type=Path))
@@ -29,8 +60,16 @@ from faceclean.cli.common import console, main
     type=click.Path(path_type=Path),
     help="Run folder: trials.jsonl, state.pt, plots, trial runs.",
 )
-@click.option("--steps", default=10, show_default=True, help="Controller steps T.")
-@click.option("--batch", default=4, show_default=True, help="Trials per step B.")
+@click.option(
+    "--steps", default=_D["steps"], type=_POS, show_default=True, help="Controller steps T."
+)
+@click.option(
+    "--batch",
+    default=_D["batch"],
+    type=_POS,
+    show_default=True,
+    help="Trials per step B (fixed for a search: a resume needs the same).",
+)
 @click.option(
     "--space",
     "aspects",
@@ -47,26 +86,84 @@ from faceclean.cli.common import console, main
 @click.option(
     "--method",
     type=click.Choice(["ppo", "random", "tpe", "gaussian"]),
-    default="ppo",
+    default=_D["method"],
     show_default=True,
     help="ppo: the paper's RL controller; random; tpe (Optuna); gaussian: Search-Softmax's "
     "reward-guided Gaussian search (meant for --space loss).",
 )
 @click.option(
-    "--alpha", default=-0.07, show_default=True, help="Reward = ACC * (MACs / base MACs)^alpha."
+    "--alpha",
+    default=_D["alpha"],
+    type=_FiniteFloat(-10, 10),
+    show_default=True,
+    help="Reward = ACC * (MACs / base MACs)^alpha.",
 )
-@click.option("--workers", default=1, show_default=True, help="Trials run in parallel.")
-@click.option("--input-size", default=112, show_default=True)
-@click.option("--embedding-size", default=128, show_default=True)
-@click.option("--epochs", default=1, show_default=True, help="Training epochs per trial.")
-@click.option("--max-steps", type=int, help="Training steps per trial (budget).")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--lr", default=0.1, show_default=True)
+@click.option(
+    "--controller-lr",
+    default=_D["controller_lr"],
+    type=_FiniteFloat(0, 1, min_open=True),
+    show_default=True,
+    help="Adam learning rate of the PPO controller.",
+)
+@click.option(
+    "--ppo-epochs",
+    default=_D["ppo_epochs"],
+    type=click.IntRange(1, 100),
+    show_default=True,
+    help="PPO epochs per step (at most; a KL early stop may end them sooner).",
+)
+@click.option(
+    "--entropy",
+    default=_D["entropy"],
+    type=_FiniteFloat(0, 10),
+    show_default=True,
+    help="Entropy bonus of the controller (per token, nats).",
+)
+@click.option(
+    "--warmup-trials",
+    default=_D["warmup_trials"],
+    type=_NONNEG,
+    show_default=True,
+    help="PPO's first trials drawn uniformly (rounded up to whole steps).",
+)
+@click.option(
+    "--workers",
+    default=1,
+    type=click.IntRange(1, 1024),
+    show_default=True,
+    help="Trials run in parallel.",
+)
+@click.option(
+    "--gpus-per-trial",
+    default=1.0,
+    type=_FiniteFloat(0, 64, min_open=True),
+    show_default=True,
+    help="With --ray-address on GPUs: 0.5 runs at most two trials per GPU.",
+)
+@click.option("--input-size", default=112, type=click.IntRange(16, 1024), show_default=True)
+@click.option("--embedding-size", default=128, type=_POS, show_default=True)
+@click.option(
+    "--epochs", default=1, type=_POS, show_default=True, help="Training epochs per trial."
+)
+@click.option("--max-steps", type=_POS, help="Training steps per trial (fixed budget).")
+@click.option(
+    "--trial-identities",
+    type=click.IntRange(min=2),
+    help="Proxy mode: each trial trains on a seeded subset of this many identities.",
+)
+@click.option("--batch-size", default=64, type=_POS, show_default=True)
+@click.option(
+    "--lr",
+    default=0.1,
+    type=_FiniteFloat(0, 100, min_open=True),
+    show_default=True,
+    help="Learning rate of each trial's training.",
+)
 @click.option(
     "--far",
     "fars",
     multiple=True,
-    type=float,
+    type=_FiniteFloat(0, 1, min_open=True),
     default=(1e-3, 1e-4, 1e-5),
     show_default=True,
     help="FARs of ACC (weights 0.5/0.25/0.25 for three).",
@@ -74,12 +171,19 @@ from faceclean.cli.common import console, main
 @click.option(
     "--retrain-top",
     default=0,
+    type=_NONNEG,
     show_default=True,
     help="Re-train the k best combinations for --retrain-epochs.",
 )
-@click.option("--retrain-epochs", default=5, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--retrain-epochs", default=5, type=_POS, show_default=True)
+@click.option("--seed", default=_D["seed"], type=_NONNEG, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the search in --output.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start afresh in an --output that holds a search (its log, state, plots, "
+    "cleanings and trial runs are deleted).",
+)
 @click.option(
     "--ray-address",
     help="Run trials as Ray tasks on this cluster ('local': a "
@@ -96,11 +200,17 @@ def search_cmd(
     space_file,
     method,
     alpha,
+    controller_lr,
+    ppo_epochs,
+    entropy,
+    warmup_trials,
     workers,
+    gpus_per_trial,
     input_size,
     embedding_size,
     epochs,
     max_steps,
+    trial_identities,
     batch_size,
     lr,
     fars,
@@ -108,11 +218,14 @@ def search_cmd(
     retrain_epochs,
     seed,
     resume,
+    overwrite,
     ray_address,
 ):
     """Jointly search cleaning thresholds, margin loss and backbone (RL controller + PPO)."""
     from faceclean.search.loop import run_search
 
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
     run_search(
         embeddings,
         val,
@@ -134,6 +247,15 @@ def search_cmd(
             "lr": lr,
             "workers": 0,
         },
+        trial_identities=trial_identities,
+        overwrite=overwrite,
+        controller={
+            "controller_lr": controller_lr,
+            "ppo_epochs": ppo_epochs,
+            "entropy": entropy,
+            "warmup_trials": warmup_trials,
+            "gpus_per_trial": gpus_per_trial,
+        },
         fars=tuple(fars),
         retrain_top=retrain_top,
         retrain_epochs=retrain_epochs,
@@ -153,17 +275,19 @@ def search_cmd(
     type=click.Path(path_type=Path),
     help="Folder for every artefact of the demo.",
 )
-@click.option("--identities", default=40, show_default=True)
-@click.option("--images-per-identity", default=12, show_default=True)
+@click.option("--identities", default=40, type=click.IntRange(2, 100_000), show_default=True)
+@click.option(
+    "--images-per-identity", default=12, type=click.IntRange(2, 10_000), show_default=True
+)
 @click.option(
     "-m",
     "--model",
     type=click.Path(path_type=Path),
     help="Use this ONNX extractor instead of training a bootstrap one.",
 )
-@click.option("--steps", default=3, show_default=True, help="Search steps.")
-@click.option("--batch", default=2, show_default=True, help="Trials per search step.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=3, type=_POS, show_default=True, help="Search steps.")
+@click.option("--batch", default=2, type=_POS, show_default=True, help="Trials per search step.")
+@click.option("--seed", default=0, type=_NONNEG, show_default=True)
 def demo(output, identities, images_per_identity, model, steps, batch, seed):
     """The whole pipeline on synthetic faces with known noise, nothing to download:
     bootstrap extractor, extract, clean (scored against the noise), joint search, re-train."""

@@ -1,10 +1,12 @@
 """Stage 4, search: the joint search over cleaning thresholds, margin loss and backbone.
 
 Modules: ``space`` (the nine tokens, the TOML search space, difficulty), ``controller``
-(the LSTM controller and PPO), ``loop`` (the resumable search loop and the CLI's
-``faceclean search``), ``methods`` (random, TPE and Gaussian search, the Ray executor),
-``trial`` (one trial on real data: clean, train, score), ``plots``, ``surrogate`` (a
-cheap synthetic objective for tests and benchmarks).
+(the LSTM controller and PPO), ``engine`` (the resumable search loop and its defaults),
+``loop`` (the CLI's ``faceclean search`` on real trials; re-exports the engine), ``state``
+(the JSON + tensors state file), ``trial_log`` (trials.jsonl), ``methods`` (random, TPE and
+Gaussian search, the spawn pool and the Ray executor), ``trial`` (one trial on real data:
+clean, train, score), ``plots``, ``surrogate`` (a cheap synthetic objective for tests and
+benchmarks).
 
 Exports: ``search`` (the loop), ``run_search`` (the CLI's search on real trials),
 ``read_log``, ``TOKENS``, ``BASELINE``, ``SearchSpace``, ``load_space``.
@@ -17,7 +19,8 @@ __getattr__, __dir__ = lazy_exports(
     {
         "search": "loop",
         "run_search": "loop",
-        "read_log": "loop",
+        "read_log": "trial_log",
+        "DEFAULTS": "loop",
         "SearchResult": "loop",
         "TOKENS": "space",
         "BASELINE": "space",

@@ -1,15 +1,47 @@
 """The search controller: an LSTM policy trained with PPO (Zhang et al. 2022, Alg. 1).
 
 The policy emits the tokens one by one, each from its own softmax head; the embedding of
-the token just chosen is the next step's input (as in NAS controllers). PPO maximises the
-expected reward: clipped probability ratio against the policy that sampled, advantage =
-reward - an exponential moving-average baseline, an entropy bonus, Adam.
+the token just chosen is the next step's input (as in NAS controllers).
+
+PPO here is shaped for what a search gives it: a few (B = 4-16) noisy rewards per update on a
+sequence of nine tokens. Each choice of the update is there because its absence was
+measured to stall or collapse the search (benchmarks/bench_search.py):
+
+- the advantage is centred on the batch (``"mean"``: (r - mean) / std; or ``"rank"``:
+  centred ranks in [-1, 1]), so half of every batch is pushed down. An advantage that is
+  only normalised by its std against a slow moving-average baseline was positive for most
+  of a batch in most updates and pushed every sampled sequence up until the policy
+  collapsed;
+- the probability ratio is clipped per token, not once on the product of nine ratios (a
+  sequence ratio leaves the clip range after a tiny per-token change and then stops every
+  gradient), and the epochs stop early once the approximate KL to the sampling policy
+  passes ``target_kl``;
+- an entropy bonus, plus a hinge that pushes back hard once a token's entropy falls below
+  ``entropy_floor`` x its uniform entropy, so the controller keeps exploring.
+
+Entropies are in nats; ``policy_entropy`` is the sum over tokens (uniform = sum log n).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the controller's tiny tensor ops on one thread: with OpenMP threads on a busy
+    machine they were ~2x slower (measured), and trials in this process keep theirs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Controller(nn.Module):
@@ -24,89 +56,134 @@ class Controller(nn.Module):
         self.cell = nn.LSTMCell(hidden, hidden)
         self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
 
-    def _logits(self, tokens: torch.Tensor | None, batch: int, generator=None):
-        """Walk the sequence; sample when ``tokens`` is None. Returns (tokens, log-probs
-        [B], entropies [B])."""
+    def _walk(self, tokens: torch.Tensor | None, batch: int, generator=None):
+        """Walk the sequence; sample when ``tokens`` is None. Returns (tokens [B, T],
+        per-token log-probs [B, T], per-token entropies [B, T])."""
         x = self.start.expand(batch, -1)
         h = torch.zeros(batch, self.hidden)
         c = torch.zeros(batch, self.hidden)
-        chosen, logp, ent = [], torch.zeros(batch), torch.zeros(batch)
+        chosen, logp, ent = [], [], []
         for t in range(len(self.sizes)):
             h, c = self.cell(x, (h, c))
             dist = torch.distributions.Categorical(logits=self.heads[t](h))
             if tokens is None:
-                probs = dist.probs.detach()
-                a = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                a = torch.multinomial(dist.probs.detach(), 1, generator=generator).squeeze(1)
             else:
                 a = tokens[:, t]
-            logp = logp + dist.log_prob(a)
-            ent = ent + dist.entropy()
+            logp.append(dist.log_prob(a))
+            ent.append(dist.entropy())
             chosen.append(a)
             x = self.embed[t](a)
-        return torch.stack(chosen, 1), logp, ent
+        return torch.stack(chosen, 1), torch.stack(logp, 1), torch.stack(ent, 1)
 
     @torch.no_grad()
     def sample(self, batch: int, generator: torch.Generator | None = None):
-        """(tokens int64 [B, T], log-probs [B]) sampled from the policy."""
-        tokens, logp, _ = self._logits(None, batch, generator)
+        """(tokens int64 [B, T], per-token log-probs [B, T]) sampled from the policy."""
+        tokens, logp, _ = self._walk(None, batch, generator)
         return tokens, logp
 
     def evaluate(self, tokens: torch.Tensor):
-        """(log-probs [B], entropies [B]) of given token sequences under the policy."""
-        _, logp, ent = self._logits(tokens, len(tokens))
+        """(per-token log-probs [B, T], per-token entropies [B, T]) of given sequences."""
+        _, logp, ent = self._walk(tokens, len(tokens))
         return logp, ent
+
+    @torch.no_grad()
+    def entropy(self, n: int = 64, generator: torch.Generator | None = None) -> float:
+        """Policy entropy in nats (sum over tokens), estimated on ``n`` sampled sequences
+        (the exact entropy of an autoregressive policy needs every prefix)."""
+        _, _, ent = self._walk(None, n, generator)
+        return float(ent.sum(1).mean())
+
+    def uniform_entropy(self) -> float:
+        """The entropy of the uniform policy, sum of log n over tokens (nats)."""
+        return float(sum(math.log(n) for n in self.sizes))
+
+
+def advantages(rewards: torch.Tensor, kind: str = "mean") -> torch.Tensor:
+    """Batch-centred advantages: ``mean`` (r - mean) / std, ``rank`` centred ranks in
+    [-1, 1] (ties share their mean rank). All zero when the rewards are all equal."""
+    n = len(rewards)
+    if n < 2 or float(rewards.max() - rewards.min()) == 0:
+        return torch.zeros_like(rewards)
+    if kind == "rank":
+        order = rewards.argsort()
+        ranks = torch.empty_like(rewards)
+        ranks[order] = torch.arange(n, dtype=rewards.dtype)
+        for v in rewards.unique():  # ties: mean rank, so equal rewards get equal advantages
+            same = rewards == v
+            ranks[same] = ranks[same].mean()
+        return 2 * ranks / (n - 1) - 1
+    if kind != "mean":
+        raise ValueError(f"unknown advantage {kind!r}")
+    return (rewards - rewards.mean()) / (rewards.std() + 1e-8)
 
 
 class PPO:
-    """PPO on sequence-level rewards with a moving-average baseline."""
+    """PPO on sequence-level rewards: batch-centred advantages, per-token clipping, a KL
+    early stop and an entropy bonus with a floor (see the module docstring).
+
+    Args:
+        lr: Adam learning rate of the controller.
+        clip: per-token ratio clip (1 +- clip).
+        entropy: entropy bonus coefficient (per token, nats).
+        epochs: gradient epochs per batch (at most; the KL stop may end them earlier).
+        target_kl: stop the epochs once mean KL(sampling || current) per sequence exceeds it.
+        entropy_floor: per-token entropy floor as a fraction of log n.
+        advantage: "mean" or "rank" (see :func:`advantages`).
+    """
 
     def __init__(
         self,
         controller: Controller,
-        lr: float = 5e-4,
+        lr: float = 5e-3,
         clip: float = 0.2,
-        entropy: float = 1e-3,
+        entropy: float = 1e-2,
         epochs: int = 4,
-        baseline_decay: float = 0.9,
+        target_kl: float = 0.05,
+        entropy_floor: float = 0.1,
+        advantage: str = "mean",
     ):
         self.controller = controller
         self.optimiser = torch.optim.Adam(controller.parameters(), lr=lr)
-        self.clip, self.entropy, self.epochs, self.decay = clip, entropy, epochs, baseline_decay
-        self.baseline: float | None = None
+        self.clip, self.entropy, self.epochs = clip, entropy, epochs
+        self.target_kl, self.floor, self.advantage = target_kl, entropy_floor, advantage
+        self.log_n = torch.tensor([math.log(n) for n in controller.sizes])
 
-    def update(self, tokens: torch.Tensor, old_logp: torch.Tensor, rewards: torch.Tensor) -> float:
-        """One PPO update from a batch of sampled sequences and their rewards."""
-        mean = float(rewards.mean())
-        self.baseline = (
-            mean
-            if self.baseline is None
-            else (self.decay * self.baseline + (1 - self.decay) * mean)
-        )
-        advantage = rewards - self.baseline
-        if len(rewards) > 1 and float(advantage.std()) > 0:
-            advantage = advantage / (advantage.std() + 1e-8)
-        loss_value = 0.0
-        for _ in range(self.epochs):
+    def update(self, tokens: torch.Tensor, old_logp: torch.Tensor, rewards: torch.Tensor) -> dict:
+        """One PPO update from sampled sequences ``tokens`` [B, T], the per-token log-probs
+        under the policy that sampled them [B, T], and their rewards [B]. Returns
+        {"loss", "kl", "epochs"} of the last epoch run."""
+        adv = advantages(rewards.float(), self.advantage)[:, None]  # [B, 1]
+        stats = {"loss": 0.0, "kl": 0.0, "epochs": 0}
+        if not bool(adv.abs().sum() > 0):
+            return stats  # equal rewards: nothing to learn from this batch
+        for epoch in range(self.epochs):
             logp, ent = self.controller.evaluate(tokens)
-            ratio = torch.exp(logp - old_logp)
-            surrogate = torch.min(
-                ratio * advantage, ratio.clamp(1 - self.clip, 1 + self.clip) * advantage
+            log_ratio = logp - old_logp
+            kl = float(((log_ratio.exp() - 1) - log_ratio).sum(1).mean().detach())  # k3 estimator
+            if epoch > 0 and kl > self.target_kl:
+                break
+            ratio = log_ratio.exp()
+            surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
+            ent_mean = ent.mean(0)  # per token [T]
+            floor_gap = torch.relu(self.floor * self.log_n - ent_mean) / self.log_n.clamp(min=1e-6)
+            loss = (
+                -surrogate.sum(1).mean()
+                - self.entropy * ent.sum(1).mean()
+                + floor_gap.sum() * 10.0  # the floor is a wall, not a preference
             )
-            loss = -(surrogate.mean() + self.entropy * ent.mean())
             self.optimiser.zero_grad()
             loss.backward()
             self.optimiser.step()
-            loss_value = loss.item()
-        return loss_value
+            stats = {"loss": loss.item(), "kl": kl, "epochs": epoch + 1}
+        return stats
 
     def state_dict(self) -> dict:
         return {
             "controller": self.controller.state_dict(),
             "optimiser": self.optimiser.state_dict(),
-            "baseline": self.baseline,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.controller.load_state_dict(state["controller"])
         self.optimiser.load_state_dict(state["optimiser"])
-        self.baseline = state["baseline"]

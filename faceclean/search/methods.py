@@ -1,7 +1,14 @@
 """Samplers and executors of the search besides the PPO controller: Search-Softmax's
-Gaussian search, Optuna TPE, and Ray tasks for running trials on a cluster."""
+Gaussian search, Optuna TPE, a spawn-based local process pool and Ray tasks for running
+trials on a cluster."""
 
 from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -9,12 +16,59 @@ from faceclean.errors import FacecleanError
 from faceclean.search.space import TOKENS, SearchSpace
 
 
-class RayPool:
-    """Trials as Ray tasks (one GPU each when the cluster has GPUs, else one CPU): the
-    executor for a cluster. ``address="local"`` starts a private local instance; ``run``
-    is the function each task runs."""
+def run_trial(trial_fn, combo: dict, seed: int) -> dict:
+    """``trial_fn(combo, seed)`` timed; an exception becomes ``{"error": ...}`` (a failed
+    trial is data, not the end of the search)."""
+    t0 = time.perf_counter()
+    try:
+        out = dict(trial_fn(combo, seed))
+        out["error"] = None
+    except Exception as e:
+        out = {"acc": None, "macs": None, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+    out["wall_s"] = time.perf_counter() - t0
+    return out
 
-    def __init__(self, address: str, workers: int, run):
+
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: exit as soon as the parent dies (a SIGKILLed search must not
+    leave its trials training on)."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def local_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool that spawns its workers (a forked child inherits torch's OpenMP
+    state and can hang in its barrier) and whose workers die with the parent."""
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_watch_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def make_pool(workers: int, ray_address: str | None, gpus_per_trial: float = 1.0):
+    """The executor of a search: Ray tasks with ``ray_address``, else a local spawn pool
+    when ``workers > 1``, else None (trials run in this process)."""
+    if ray_address:
+        return RayPool(ray_address, workers, run_trial, gpus_per_trial)
+    return local_pool(workers) if workers > 1 else None
+
+
+class RayPool:
+    """Trials as Ray tasks (``gpus_per_trial`` GPUs each when the cluster has GPUs, so 0.5
+    caps a GPU at two concurrent trials; else one CPU each): the executor for a cluster.
+    ``address="local"`` starts a private local instance; ``run`` is the function each task
+    runs."""
+
+    def __init__(self, address: str, workers: int, run, gpus_per_trial: float = 1.0):
+        if not 0 < gpus_per_trial <= 64:
+            raise FacecleanError(f"GPUs per trial must be in (0, 64], got {gpus_per_trial}")
         try:
             import ray
         except ImportError:
@@ -29,7 +83,9 @@ class RayPool:
             else:
                 ray.init(address=address, log_to_driver=False)
         gpus = ray.cluster_resources().get("GPU", 0)
-        self.task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(run)
+        self.task = ray.remote(num_gpus=gpus_per_trial if gpus else 0, num_cpus=0 if gpus else 1)(
+            run
+        )
 
     def submit(self, fn, *args):
         ref = self.task.remote(*args)

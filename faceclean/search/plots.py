@@ -19,8 +19,11 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_search(trials: list[dict], out_dir: str | Path, top: int = 20) -> list[Path]:
-    """accuracy.png (ACC per trial and its moving average: the paper's Fig. 3),
+def plot_search(
+    trials: list[dict], out_dir: str | Path, entropy: list[float] | None = None, top: int = 20
+) -> list[Path]:
+    """accuracy.png (ACC per trial and its moving average: the paper's Fig. 3; beside it
+    the policy entropy per step in nats, ``entropy`` or the trials' ``policy_entropy``),
     tokens.png (mean reward per choice of each token), difficulty.png (data vs loss
     difficulty of the best trials: Fig. 4)."""
     import matplotlib
@@ -34,7 +37,7 @@ def plot_search(trials: list[dict], out_dir: str | Path, top: int = 20) -> list[
     if not ok:
         return paths
     acc = np.array([t["acc"] for t in ok])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax, ax_h) = plt.subplots(1, 2, figsize=(11, 3.5), width_ratios=(3, 2))
     ax.scatter([t["trial"] for t in ok], acc, s=8, alpha=0.5, label="sampled trials")
     window = max(1, min(len(acc) // 2, max(2, len(acc) // 10)))
     moving = np.convolve(acc, np.ones(window) / window, mode="valid")
@@ -47,6 +50,16 @@ def plot_search(trials: list[dict], out_dir: str | Path, top: int = 20) -> list[
     ax.set_xlabel("trial")
     ax.set_ylabel("ACC")
     ax.legend()
+    if entropy is None:
+        per_step = {t["step"]: t.get("policy_entropy") for t in trials}
+        entropy = [per_step[k] for k in sorted(per_step)]
+    steps = [i for i, h in enumerate(entropy) if h is not None]
+    if steps:
+        ax_h.plot(steps, [entropy[i] for i in steps], color="#228833")
+    else:
+        ax_h.text(0.5, 0.5, "no policy (random, TPE, Gaussian)", ha="center", va="center")
+    ax_h.set_xlabel("step")
+    ax_h.set_ylabel("policy entropy (nats)")
     paths.append(out_dir / "accuracy.png")
     _save(fig, paths[-1])
 

@@ -3,6 +3,11 @@ with the sampled unified loss, score ACC on the validation identities.
 
 Cleaning depends only on (tau_intra, tau_inter) and the precomputed embeddings, so it is
 cached by that pair and shared by every trial that samples it.
+
+Proxy mode (``identities=N``): each trial trains on the images of N identities drawn once
+with ``subset_seed`` from the embeddings' labels (the same N for every trial, so rewards
+compare), and with ``train_kwargs["max_steps"]`` for a fixed number of SGD steps; both are
+returned with the trial and so recorded in the log.
 """
 
 from __future__ import annotations
@@ -10,8 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from faceclean.cleaning.clean import clean, read_clean_summary
-from faceclean.data.store import read_metadata
+from faceclean.data.store import atomic_path, read_metadata
+from faceclean.errors import FacecleanError
 from faceclean.training.backbones import count_macs
 from faceclean.training.run import TrainConfig, build_backbone
 from faceclean.training.train import evaluate_run, train
@@ -29,6 +40,8 @@ class FaceTrial:
         data_root: image root of the training set [default: recorded in the embeddings].
         train_kwargs: TrainConfig fields shared by every trial (input size, epochs, ...).
         fars: FARs for ACC; the paper's 1e-3, 1e-4, 1e-5 by default.
+        identities: proxy mode, train each trial on this many identities (None: all).
+        subset_seed: seed of the identity subset.
     """
 
     embeddings: str
@@ -37,12 +50,45 @@ class FaceTrial:
     data_root: str | None = None
     train_kwargs: dict = field(default_factory=dict)
     fars: tuple = FARS
+    identities: int | None = None
+    subset_seed: int = 0
 
     def clean_list(self, tau_intra: float, tau_inter: float) -> Path:
         out = Path(self.work_dir) / "clean" / f"{tau_intra:.4f}_{tau_inter:.4f}"
         if not (out / "summary.json").exists():
             clean(self.embeddings, out, tau_intra, tau_inter)
-        return out / "clean.parquet"
+        if self.identities is None:
+            return out / "clean.parquet"
+        return self.subset_list(out / "clean.parquet")
+
+    def subset(self) -> np.ndarray:
+        """The proxy identities: ``identities`` original labels drawn with ``subset_seed``."""
+        labels = np.unique(pq.read_table(self.embeddings, columns=["label"])["label"].to_numpy())
+        if self.identities > len(labels):
+            raise FacecleanError(
+                f"--trial-identities {self.identities} > the {len(labels)} identities there",
+                self.embeddings,
+            )
+        rng = np.random.default_rng(self.subset_seed)
+        return np.sort(rng.choice(labels, self.identities, replace=False))
+
+    def subset_list(self, clean_list: Path) -> Path:
+        """The clean list restricted to the proxy identities, labels made contiguous."""
+        out = clean_list.with_name(f"subset{self.identities}_seed{self.subset_seed}.parquet")
+        if out.exists():
+            return out
+        table = pq.read_table(clean_list)
+        ids = pa.array(self.subset(), type=table.schema.field("original_label").type)
+        table = table.filter(pc.is_in(table["original_label"], ids))
+        if table.num_rows == 0:
+            raise FacecleanError("cleaning kept no image of the proxy identities", clean_list)
+        _, contiguous = np.unique(table["label"].to_numpy(), return_inverse=True)
+        table = table.set_column(
+            table.schema.get_field_index("label"), "label", pa.array(contiguous.astype(np.int64))
+        )
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+        return out
 
     def config(self, combo: dict, seed: int) -> TrainConfig:
         root = self.data_root or read_metadata(self.embeddings).get("dataset")
@@ -75,5 +121,7 @@ class FaceTrial:
             "clean_rows": clean_summary["clean_rows"],
             "clean_classes": clean_summary["clean_classes"],
             "train_steps": summary["steps"],
+            "max_steps": self.train_kwargs.get("max_steps"),
+            "trial_identities": self.identities,
             "run_dir": str(run),
         }

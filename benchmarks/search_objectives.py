@@ -1,0 +1,124 @@
+"""Three cheap objectives shaped like the paper's search problem, for bench_search.py.
+
+Each takes a combination of the default space (nine tokens) and returns {"acc", "macs",
+"true_acc"}: ``acc`` is noisy (like a trial's ACC on a finite validation set), ``true_acc``
+the noiseless value the benchmark scores with; ``macs`` = W^2 * D (1 at the base backbone,
+so the search's R = ACC * MACs^alpha with target_macs 1 is the paper's reward). Every
+objective instance is drawn from its ``seed`` (different optimum per seed). Coordinates are
+token indices scaled to u in [0, 1]. The shapes follow the paper's argument:
+
+- data hardness g = (1 - u_tau_intra + u_tau_inter) / 2 (keep more, merge less = harder),
+  loss hardness h = mean(u_m1, u_m2, u_m3), model size z = mean(u_depth, u_width);
+- ``coupled`` (smooth): the best g and h grow with z (bigger models prefer harder data and
+  losses), acc grows with z, plus seed-drawn per-token preferences and an s_p/s_n balance;
+- ``rugged``: five seed-drawn bumps (one clearly best) over a ripple of every token;
+- ``deceptive``: a broad, easy background peaked at a seed-drawn point ``a`` (acc <= 0.80
+  everywhere) and a narrow joint region at ``b`` (acc up to 0.95) in four tokens (tau_intra,
+  m2, s_n, depth) far from ``a``; moving any one of those tokens alone towards ``b`` lowers
+  the reward, so single-token greedy search stays on the background. ``found(true_acc)``
+  says a trial was inside the narrow region (true_acc > 0.82 > the background's maximum).
+
+The parameters were fixed before any method was run on them, and not changed after.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from faceclean.search.space import TOKENS, SearchSpace
+
+NOISE = 0.005  # sd of acc: about one wrong pair in 200 on a small validation set
+
+
+class Objective:
+    name = "base"
+
+    def __init__(self, space: SearchSpace, seed: int):
+        self.space = space
+        self.sizes = np.asarray(space.sizes)
+        self.rng = np.random.default_rng([seed, zlib.crc32(self.name.encode())])
+        self.width = np.asarray(space.choices["width"])
+        self.depth = np.asarray(space.choices["depth"])
+
+    def acc(self, u: np.ndarray) -> np.ndarray:  # u [N, 9] -> acc [N]
+        raise NotImplementedError
+
+    def indices_to_unit(self, idx: np.ndarray) -> np.ndarray:
+        return idx / np.maximum(self.sizes - 1, 1)
+
+    def macs(self, idx: np.ndarray) -> np.ndarray:
+        return self.width[idx[:, 8]] ** 2 * self.depth[idx[:, 7]]
+
+    def true_reward(self, idx: np.ndarray, alpha: float) -> np.ndarray:
+        return self.acc(self.indices_to_unit(idx)) * self.macs(idx) ** alpha
+
+    def __call__(self, combo: dict, seed: int) -> dict:
+        idx = np.asarray([[self.space.choices[t].index(combo[t]) for t in TOKENS]])
+        true = float(self.acc(self.indices_to_unit(idx))[0])
+        noisy = true + float(np.random.default_rng(seed).normal(0, NOISE))
+        return {"acc": noisy, "macs": float(self.macs(idx)[0]), "true_acc": true}
+
+
+def _hardness(u: np.ndarray):
+    g = (1 - u[:, 0] + u[:, 1]) / 2
+    h = u[:, 2:5].mean(1)
+    z = u[:, 7:9].mean(1)
+    return g, h, z
+
+
+class Coupled(Objective):
+    name = "coupled"
+
+    def __init__(self, space, seed):
+        super().__init__(space, seed)
+        self.pref = self.rng.uniform(0.2, 0.8, 9)
+        self.balance = self.rng.uniform(-0.2, 0.3)
+
+    def acc(self, u):
+        g, h, z = _hardness(u)
+        acc = 0.70 + 0.10 * z
+        acc -= 1.2 * (g - (0.3 + 0.4 * z)) ** 2 + 1.2 * (h - (0.25 + 0.5 * z)) ** 2
+        acc -= 0.5 * (u[:, 6] - u[:, 5] - self.balance) ** 2
+        acc -= 0.6 * ((u - self.pref) ** 2).mean(1)
+        return acc
+
+
+class Rugged(Objective):
+    name = "rugged"
+
+    def __init__(self, space, seed):
+        super().__init__(space, seed)
+        self.centres = self.rng.uniform(0.05, 0.95, (5, 9))
+        self.heights = np.array([0.90, 0.84, 0.82, 0.80, 0.78])
+        self.phase = self.rng.uniform(0, 2 * np.pi, 9)
+
+    def acc(self, u):
+        d2 = ((u[:, None, :] - self.centres[None]) ** 2).sum(2)  # [N, 5]
+        bumps = (self.heights * np.exp(-d2 / (2 * 0.3**2))).max(1)
+        ripple = np.cos(2 * np.pi * 3 * u + self.phase).mean(1)
+        return 0.3 + 0.6 * bumps + 0.03 * ripple
+
+
+class Deceptive(Objective):
+    name = "deceptive"
+    joint = (0, 3, 6, 7)  # tau_intra, m2, s_n, depth
+
+    def __init__(self, space, seed):
+        super().__init__(space, seed)
+        self.a = self.rng.uniform(0.1, 0.35, 9)
+        self.b = self.rng.uniform(0.7, 0.95, len(self.joint))
+
+    def acc(self, u):
+        background = 0.80 - 0.5 * ((u - self.a) ** 2).mean(1)
+        d2 = ((u[:, self.joint] - self.b) ** 2).sum(1)
+        narrow = 0.95 * np.exp(-d2 / (2 * 0.15**2))
+        return np.maximum(background, narrow)
+
+    @staticmethod
+    def found(true_acc: float) -> bool:
+        return true_acc > 0.82
+
+
+OBJECTIVES = {cls.name: cls for cls in (Coupled, Rugged, Deceptive)}

@@ -1,0 +1,283 @@
+"""`faceclean search`: the joint search over cleaning, loss and backbone (Alg. 1 of Zhang et
+al. 2022).
+
+For T steps: the controller samples B combinations; each trial cleans the data with its
+thresholds, trains its backbone with its loss, and scores ACC on the validation set; the
+reward R = ACC * (MACs / TARGET)^alpha (TARGET = the base backbone's MACs; alpha < 0
+penalises bigger models) updates the controller with PPO. The first ``warmup_trials``
+trials of PPO are drawn uniformly (PPO learns from them off-policy: their sampling
+probability is the uniform one). ``method="random"``, ``"tpe"`` (Optuna, batched: ask B,
+tell B) and ``"gaussian"`` run on the same trial function and budget.
+
+Everything lands in the run folder: ``trials.jsonl`` (one line per finished trial, shaped
+like the paper's search log, with the policy entropy that sampled it), ``state.pt`` (JSON
+plus tensors, see :mod:`faceclean.search.state`: controller, optimiser, RNG, step, the batch
+in flight, the entropy per step, fingerprints of the inputs), written atomically after every
+change, so ``resume=True`` continues from the last finished trial: the in-flight batch is
+restored, finished trials are not run again, and the final log equals an uninterrupted run
+with the same seed. A trial that raises is logged with its error and ``failure_reward``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceclean.errors import FacecleanError
+from faceclean.search.controller import PPO, Controller, one_thread
+from faceclean.search.methods import GaussianSearch, make_pool, run_trial, tpe_study
+from faceclean.search.space import TOKENS, SearchSpace, difficulty
+from faceclean.search.state import load_state, save_state
+from faceclean.search.trial_log import append_record, read_log
+
+TrialFn = Callable[[dict, int], dict]
+METHODS = ("ppo", "random", "tpe", "gaussian")
+# The defaults of the Python API and of `faceclean search` (the CLI reads them from here).
+# Controller settings measured with benchmarks/bench_search.py (see README).
+DEFAULTS = {
+    "steps": 50,
+    "batch": 8,
+    "method": "ppo",
+    "seed": 0,
+    "alpha": -0.07,
+    "controller_lr": 5e-3,
+    "ppo_epochs": 4,
+    "entropy": 1e-2,
+    "warmup_trials": 16,
+}
+
+__all__ = ["DEFAULTS", "METHODS", "SearchResult", "read_log", "reward", "search"]
+
+
+def reward(acc: float, macs: float, target_macs: float, alpha: float) -> float:
+    """R = ACC * (MACs / TARGET)^alpha."""
+    return acc * (macs / target_macs) ** alpha
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    trials: list[dict]
+    entropy: list[float]
+
+    def top(self, k: int = 5) -> list[dict]:
+        ok = [t for t in self.trials if t["error"] is None]
+        return sorted(ok, key=lambda t: -t["reward"])[:k]
+
+
+def search(
+    space: SearchSpace,
+    trial_fn: TrialFn,
+    run_dir: str | Path,
+    steps: int = DEFAULTS["steps"],
+    batch: int = DEFAULTS["batch"],
+    *,
+    method: str = DEFAULTS["method"],
+    seed: int = DEFAULTS["seed"],
+    alpha: float = DEFAULTS["alpha"],
+    target_macs: float = 1.0,
+    failure_reward: float = 0.0,
+    workers: int = 1,
+    resume: bool = False,
+    controller_lr: float = DEFAULTS["controller_lr"],
+    ppo_epochs: int = DEFAULTS["ppo_epochs"],
+    entropy: float = DEFAULTS["entropy"],
+    warmup_trials: int = DEFAULTS["warmup_trials"],
+    on_trial: Callable[[dict], None] | None = None,
+    ray_address: str | None = None,
+    gpus_per_trial: float = 1.0,
+    fingerprints: dict | None = None,
+    ppo_options: dict | None = None,
+) -> SearchResult:
+    """Run (or resume) a search of ``steps`` x ``batch`` trials; see the module docstring.
+
+    ``trial_fn(combo, seed)`` returns at least ``acc`` and ``macs``; it must be a picklable
+    module-level callable when ``workers > 1`` (a spawn-based local process pool runs the
+    batch in parallel) or with ``ray_address`` (Ray tasks; "local" starts a local Ray
+    instance; ``gpus_per_trial`` = 0.5 runs two trials per GPU). ``fingerprints`` (name ->
+    str) identify the inputs; a resume with other fingerprints is refused. ``ppo_options``
+    (clip, target_kl, entropy_floor, advantage) go to :class:`PPO`, for experiments.
+    """
+    if method not in METHODS:
+        raise FacecleanError(f"unknown search method {method!r}; use {', '.join(METHODS)}")
+    if steps < 1 or batch < 1 or workers < 1 or ppo_epochs < 1 or warmup_trials < 0:
+        raise FacecleanError("steps, batch, workers and ppo_epochs must be >= 1")
+    if not (math.isfinite(alpha) and math.isfinite(controller_lr) and controller_lr > 0):
+        raise FacecleanError("alpha must be finite and the controller lr > 0")
+    run_dir = Path(run_dir)
+    state_path, log_path = run_dir / "state.pt", run_dir / "trials.jsonl"
+    if (state_path.exists() or log_path.exists()) and not resume:
+        raise FacecleanError("holds a search already; pass --resume to continue it", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    controller = Controller(space.sizes)
+    ppo = PPO(
+        controller, lr=controller_lr, epochs=ppo_epochs, entropy=entropy, **(ppo_options or {})
+    )
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gaussian = GaussianSearch(space.sizes)
+    space_list = [list(space.choices[t]) for t in TOKENS]
+    fingerprints = dict(fingerprints or {})
+    step, pending, entropies = 0, None, []
+    if resume and state_path.exists():
+        meta, tensors = load_state(state_path)
+        _check_resume(meta, state_path, method, space_list, batch, fingerprints)
+        ppo.load_state_dict(tensors["ppo"])
+        gen.set_state(tensors["generator"])
+        rng.bit_generator.state = meta["numpy_rng"]
+        step, pending, entropies = meta["step"], meta["pending"], meta["entropy"]
+        gaussian.mu = np.asarray(meta["gaussian_mu"])
+    log = read_log(run_dir, repair=True)
+    done = {t["trial"]: t for t in log}
+    missing = [i for i in range(step * batch) if i not in done]
+    if missing:  # the state is past trials the log does not hold: not this search's log
+        raise FacecleanError(
+            f"lacks trials {missing[0]}-{missing[-1]} of finished steps; the log and "
+            "state.pt are not from one search",
+            log_path,
+        )
+    asked: dict = {}
+    if method == "tpe":
+        # Finished steps are replayed into a fresh study; the sampler's own random state is
+        # not restored, so a resumed TPE search continues well but not bit-identically.
+        study, tpe_dists = tpe_study(space, seed, [t for t in log if t["step"] < step])
+    warmup_steps = math.ceil(warmup_trials / batch) if method == "ppo" else 0
+    uniform_logp = [-math.log(n) for n in space.sizes]
+
+    def persist():
+        meta = {
+            "step": step,
+            "batch": batch,
+            "pending": pending,
+            "method": method,
+            "space": space_list,
+            "numpy_rng": rng.bit_generator.state,
+            "gaussian_mu": gaussian.mu.tolist(),
+            "entropy": entropies,
+            "fingerprints": fingerprints,
+        }
+        save_state(state_path, meta, {"ppo": ppo.state_dict(), "generator": gen.get_state()})
+
+    pool = make_pool(workers, ray_address, gpus_per_trial)
+    try:
+        while step < steps:
+            if pending is None:  # sample this step's batch and persist it before running
+                tokens, logp, h = _sample(method, step < warmup_steps, batch, space, rng)
+                if tokens is None and method == "ppo":
+                    with one_thread():
+                        tokens, logp = controller.sample(batch, gen)
+                        h = controller.entropy(64, torch.Generator().manual_seed(seed + step))
+                elif tokens is None and method == "gaussian":
+                    tokens = gaussian.sample(batch, rng)
+                elif tokens is None:  # tpe
+                    asked = {b: study.ask(tpe_dists) for b in range(batch)}
+                    tokens = [[asked[b].params[t] for t in TOKENS] for b in range(batch)]
+                if method == "ppo" and logp is None:  # a warm-up batch: uniform sampler
+                    logp = [uniform_logp] * batch
+                    h = controller.uniform_entropy()
+                entropies.append(h)
+                tokens = torch.as_tensor(np.asarray(tokens)).tolist()
+                logp = torch.as_tensor(logp).tolist() if logp is not None else None
+                pending = {"tokens": tokens, "logp": logp}
+                persist()
+            ids = [step * batch + b for b in range(batch)]
+            combos = [space.decode(t) for t in pending["tokens"]]
+            todo = [(i, c) for i, c in zip(ids, combos, strict=True) if i not in done]
+            seeds = {i: seed * 1_000_003 + i for i, _ in todo}
+            if pool is not None:
+                futures = {i: pool.submit(run_trial, trial_fn, c, seeds[i]) for i, c in todo}
+                results = ((i, c, futures[i].result()) for i, c in todo)
+            else:
+                results = ((i, c, run_trial(trial_fn, c, seeds[i])) for i, c in todo)
+            for i, combo, out in results:
+                b = i - step * batch
+                ok = out["error"] is None and out["acc"] is not None and math.isfinite(out["acc"])
+                r = reward(out["acc"], out["macs"], target_macs, alpha) if ok else failure_reward
+                data_d, loss_d = difficulty(combo)
+                record = {
+                    "trial": i,
+                    "step": step,
+                    "tokens": pending["tokens"][b],
+                    "log_prob": sum(pending["logp"][b]) if pending["logp"] else None,
+                    **combo,
+                    "reward": r,
+                    "data_difficulty": data_d,
+                    "loss_difficulty": loss_d,
+                    "policy_entropy": entropies[step],
+                    "seed": seeds[i],
+                    **out,
+                }
+                append_record(log_path, record)
+                done[i] = record
+                if on_trial:
+                    on_trial(record)
+            rewards = torch.tensor([done[i]["reward"] for i in ids], dtype=torch.float32)
+            if method == "ppo":
+                with one_thread():
+                    tokens, logp = torch.tensor(pending["tokens"]), torch.tensor(pending["logp"])
+                    ppo.update(tokens, logp, rewards)
+            elif method == "gaussian":
+                gaussian.update(np.asarray(pending["tokens"]), rewards.numpy())
+            elif method == "tpe":
+                _tell_tpe(study, tpe_dists, asked, ids, pending, done)
+                asked = {}
+            step, pending = step + 1, None
+            persist()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return SearchResult(run_dir, sorted(done.values(), key=lambda t: t["trial"]), entropies)
+
+
+def _sample(method: str, warmup: bool, batch: int, space: SearchSpace, rng):
+    """Uniform token indices for ``random`` and PPO's warm-up: (tokens, None, None); else
+    (None, None, None) for the method's own sampler."""
+    if method == "random" or warmup:
+        tokens = np.stack([rng.integers(0, n, batch) for n in space.sizes], 1)
+        return tokens, None, None
+    return None, None, None
+
+
+def _check_resume(meta, path, method, space_list, batch, fingerprints) -> None:
+    if meta["space"] != space_list:
+        raise FacecleanError("was run with another search space; resume with the same one", path)
+    if meta["method"] != method:
+        raise FacecleanError(f"was run with --method {meta['method']}, not {method}", path)
+    if meta["batch"] != batch:
+        raise FacecleanError(
+            f"was run with --batch {meta['batch']}; resume with the same --batch", path
+        )
+    recorded = meta.get("fingerprints", {})
+    changed = [
+        k
+        for k in sorted(set(recorded) | set(fingerprints))
+        if recorded.get(k) != fingerprints.get(k)
+    ]
+    if changed:
+        raise FacecleanError(
+            f"the {', '.join(changed)} differ from the ones this search was run on; "
+            "start a new search (another --output, or --overwrite)",
+            path,
+        )
+
+
+def _tell_tpe(study, dists, asked, ids, pending, done) -> None:
+    import optuna
+
+    for b, i in enumerate(ids):
+        if b in asked:
+            study.tell(asked[b], done[i]["reward"])
+        else:  # resumed mid-step: this trial was asked by the killed run
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=dict(zip(TOKENS, pending["tokens"][b], strict=True)),
+                    distributions=dists,
+                    value=done[i]["reward"],
+                )
+            )
