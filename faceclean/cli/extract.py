@@ -41,6 +41,36 @@ class _OneLineUsage(click.Command):
             raise
 
 
+_PREPROCESSING = [
+    click.option(
+        "--preset",
+        type=click.Choice(sorted(PRESETS)),
+        help="Preprocessing preset: insightface (RGB, (x-127.5)/127.5), facexzoo "
+        "(BGR, (x-127.5)/128), imagenet (RGB, ImageNet mean/std).",
+    ),
+    click.option("--mean", callback=_mean, help="Per-channel mean in 0-255 pixel units, 'a,b,c'."),
+    click.option("--std", callback=_std, help="Per-channel std in 0-255 units, 'a,b,c' (> 0)."),
+    click.option(
+        "--rgb/--bgr",
+        "rgb",
+        default=None,
+        help="Channel order the model takes [default: preset's, else RGB].",
+    ),
+    click.option(
+        "--fit",
+        type=click.Choice(FITS),
+        help="Images not at the model's size: resize, or pad/centre-crop [default: resize].",
+    ),
+]
+
+
+def preprocessing_options(f):
+    """extract's preprocessing options (also on ``faceclean eval MODEL.onnx``)."""
+    for option in reversed(_PREPROCESSING):
+        f = option(f)
+    return f
+
+
 @main.command(cls=_OneLineUsage)
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option(
@@ -62,25 +92,7 @@ class _OneLineUsage(click.Command):
     type=click.Path(path_type=Path),
     help="Folder the paths of a list file are relative to [default: its folder].",
 )
-@click.option(
-    "--preset",
-    type=click.Choice(sorted(PRESETS)),
-    help="Preprocessing preset: insightface (RGB, (x-127.5)/127.5), facexzoo "
-    "(BGR, (x-127.5)/128), imagenet (RGB, ImageNet mean/std).",
-)
-@click.option("--mean", callback=_mean, help="Per-channel mean in 0-255 pixel units, 'a,b,c'.")
-@click.option("--std", callback=_std, help="Per-channel std in 0-255 pixel units, 'a,b,c' (> 0).")
-@click.option(
-    "--rgb/--bgr",
-    "rgb",
-    default=None,
-    help="Channel order the model takes [default: preset's, else RGB].",
-)
-@click.option(
-    "--fit",
-    type=click.Choice(FITS),
-    help="Images not at the model's size: resize, or pad/centre-crop [default: resize].",
-)
+@preprocessing_options
 @click.option("--flip", is_flag=True, help="Flip test-time augmentation (image + mirror).")
 @click.option(
     "--batch-size",
@@ -282,6 +294,12 @@ def extract(
 @click.option("--min-score", default=0.6, show_default=True, help="Detection score threshold.")
 @click.option("--size", default=112, show_default=True, help="Side of the square crop, px.")
 @click.option(
+    "--refine/--no-refine",
+    default=True,
+    show_default=True,
+    help="Find the landmarks again on the face warped upright (more accurate when tilted).",
+)
+@click.option(
     "--max-side",
     default=640,
     show_default=True,
@@ -301,7 +319,19 @@ def extract(
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def align_cmd(
-    data, output, detector, root, pick, min_size, min_score, size, max_side, workers, device, quiet
+    data,
+    output,
+    detector,
+    root,
+    pick,
+    min_size,
+    min_score,
+    size,
+    refine,
+    max_side,
+    workers,
+    device,
+    quiet,
 ):
     """Detect faces in DATA and warp each to the ArcFace 112x112 five-point template.
 
@@ -318,6 +348,7 @@ def align_cmd(
         pick=pick,
         min_size=min_size,
         min_score=min_score,
+        refine=refine,
         size=size,
         max_side=max_side,
         workers=workers,

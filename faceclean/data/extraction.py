@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from faceclean import __version__
 from faceclean.data.datasets import FaceDataset, open_dataset
+from faceclean.data.embed import embed_batch
 from faceclean.data.onnx_model import FaceModel
 from faceclean.data.partstore import PART_KEY, PartStore
 from faceclean.data.preprocess import (
@@ -186,24 +187,6 @@ def _decode_batch(ds: FaceDataset, indices: np.ndarray, spec: Preprocessing):
     return x, np.asarray(ok, np.int64), failures, resized
 
 
-def _embed(model: FaceModel, x: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(unit embeddings, raw norms). The norm is the model's norm output when it has one,
-    else the feature's length. With flip, features of the image and its mirror are summed
-    before normalising (InsightFace's evaluation); the norm is the two norms' mean."""
-    feats, norms = model.run_with_norm(x)
-    if norms is None:  # no norm output (AdaFace has one): the feature's own length
-        norms = np.linalg.norm(feats, axis=1)
-    if flip:
-        mirrored, mirrored_norms = model.run_with_norm(np.ascontiguousarray(x[..., ::-1]))
-        if mirrored_norms is None:
-            mirrored_norms = np.linalg.norm(mirrored, axis=1)
-        norms = (norms + mirrored_norms) / 2
-        feats = feats + mirrored
-    length = np.linalg.norm(feats, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return feats / length, norms
-
-
 def extract(
     data: str | Path | FaceDataset,
     model: str | Path | FaceModel,
@@ -325,7 +308,9 @@ def extract(
                     break
                 c, size, fut = inflight.popleft()
                 x, ok, failures, resized = fut.result()
-                emb, norms = _embed(fm, x, flip) if len(x) else (np.empty((0, fm.dim)), np.empty(0))
+                emb, norms = (
+                    embed_batch(fm, x, flip) if len(x) else (np.empty((0, fm.dim)), np.empty(0))
+                )
                 finite = np.isfinite(emb).all(axis=1) & (norms > 0)
                 if len(x) and not finite.any():
                     raise FacecleanError(
