@@ -9,6 +9,7 @@ from faceclean.training.backbones import (
     MobileFaceNet,
     count_macs,
     create_backbone,
+    distribute_blocks,
     flops_matched_pairs,
 )
 from faceclean.training.losses import PartialFC, create_head, margin_function
@@ -181,11 +182,25 @@ def test_backbone_flops_of_known_configurations():
     torch.set_default_dtype(torch.float32)
     assert count_macs(MobileFaceNet(1.0, 1.0, 512)) == 221_161_984  # the literature's 221M
     assert round(count_macs(create_backbone("iresnet50")) / 1e9, 2) == 6.31  # ArcFace R50
-    pairs = flops_matched_pairs(221_161_984, [0.84, 1.0], [1.0, 1.3, 1.47], tolerance=0.02)
-    assert [(w, d) for w, d, _ in pairs] == [(1.0, 1.0), (0.84, 1.3)]
+    pairs = flops_matched_pairs(221_161_984, [0.84, 1.0], [1.0, 1.3, 1.47], tolerance=0.1)
+    assert [(w, d) for w, d, _ in pairs] == [(1.0, 1.0), (0.84, 1.47), (0.84, 1.3)]
     small = MobileFaceNet(0.84, 1.47, 128, input_size=56)
     assert small(torch.zeros(2, 3, 56, 56)).shape == (2, 128)
     with pytest.raises(FacecleanError, match="width 3.0 is outside"):
         MobileFaceNet(3.0)
     with pytest.raises(FacecleanError, match="depth 0.1 is outside"):
         MobileFaceNet(1.0, 0.1)
+
+
+def test_every_depth_of_the_default_grid_is_a_distinct_network():
+    from faceclean.search.space import DEFAULT_CHOICES
+
+    torch.set_default_dtype(torch.float32)
+    blocks = [MobileFaceNet(1.0, d, 128, input_size=56).blocks for d in DEFAULT_CHOICES["depth"]]
+    assert len(set(blocks)) == len(blocks) == 10
+    assert [sum(b) for b in blocks] == list(range(15, 25))  # one block more per grid step
+    assert distribute_blocks((5, 1, 6, 1, 2), 1.0) == (5, 1, 6, 1, 2)
+    assert distribute_blocks((3, 4, 14, 3), 0.5) == (2, 2, 7, 1)  # tie: earlier stage
+    # D = 1.01 adds one block (+6% MACs), not one per stage (+29%).
+    base = count_macs(MobileFaceNet(1.0, 1.0, 512))
+    assert 1.05 < count_macs(MobileFaceNet(1.0, 1.01, 512)) / base < 1.07

@@ -298,3 +298,19 @@ def test_teacher_topk_filter_rejects_flipped_labels(sets, tmp_path):
     assert 0.6 < record["teacher_kept"] < 0.9  # ~80% clean labels pass, flips do not
     with pytest.raises(FacecleanError, match="teacher has 30 classes"):
         TeacherFilter(tmp_path / "teacher", 1, 31, 56, torch.device("cpu"))
+
+
+def test_list_grid_prints_the_macs_of_every_grid_point(monkeypatch):
+    from click.testing import CliRunner
+
+    from faceclean.cli import main
+    from faceclean.search import space
+
+    small = {**space.DEFAULT_CHOICES, "width": [0.84, 1.0], "depth": [1.0, 1.06, 1.47]}
+    monkeypatch.setattr(space, "DEFAULT_CHOICES", small)
+    result = CliRunner().invoke(main, ["train", "--list-grid"])  # no list, no -o needed
+    assert result.exit_code == 0, result.output
+    rows = result.output.splitlines()[2:]
+    assert len(rows) == 3 and rows[0].split()[1] == "5+1+6+1+2"
+    assert rows[0].split()[-1] == "221.2"  # the base MobileFaceNet (W = D = 1)
+    assert len({r.split()[1] for r in rows}) == 3  # three distinct networks

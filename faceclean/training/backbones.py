@@ -5,8 +5,12 @@ Each is a plain ``nn.Module`` mapping [N, 3, H, W] images (H = W = 112, or small
 feature norm is left in so that quality-aware heads (AdaFace) can read it.
 
 The searched MobileFaceNet scales channels by ``width`` (rounded to a multiple of 8) and
-the number of blocks in each stage by ``depth`` (rounded up); W = D = 1 is the base model
-of Chen et al. 2018 as used in face recognition practice.
+the number of blocks by ``depth``: the total block count is ``ceil(D x base total)`` and is
+distributed over the stages in proportion to their base counts (largest remainder), so D
+resolves in steps of 1 / (base total) = 1/15 and every value of the default search grid
+(steps of 0.06) is a distinct network; W = D = 1 is the base model of Chen et al. 2018 as
+used in face recognition practice. (Rounding every stage up instead made D = 1.01 add 29%
+of the MACs and gave the ten-value default grid only six distinct networks.)
 """
 
 from __future__ import annotations
@@ -37,6 +41,23 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     if name not in BACKBONES:
         raise FacecleanError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     return BACKBONES[name](**kwargs)
+
+
+def distribute_blocks(base: tuple[int, ...], depth: float) -> tuple[int, ...]:
+    """Blocks per stage for depth multiplier ``depth``: ceil(depth x sum(base)) blocks in
+    all (at least one a stage), shared in proportion to ``base`` by largest remainder
+    (ties to the earlier stage). ``depth = 1`` gives ``base`` back."""
+    total = max(len(base), math.ceil(depth * sum(base) - 1e-9))
+    ideal = [n * total / sum(base) for n in base]
+    blocks = [max(1, math.floor(x)) for x in ideal]
+    order = sorted(range(len(base)), key=lambda i: (-(ideal[i] - math.floor(ideal[i])), i))
+    k = 0
+    while sum(blocks) < total:
+        blocks[order[k % len(base)]] += 1
+        k += 1
+    while sum(blocks) > total:  # the minimum of one a stage overshot: take from the largest
+        blocks[max(range(len(base)), key=lambda i: (blocks[i], -i))] -= 1
+    return tuple(blocks)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -110,9 +131,11 @@ class MobileFaceNet(nn.Module):
         self.width, self.depth, self.input_size = width, depth, input_size
         c = make_divisible(64 * width)
         layers: list[nn.Module] = [ConvBN(3, c, 3, 2), ConvBN(c, c, 3, 1, groups=c)]
-        for expansion, channels, blocks, stride in MOBILEFACENET_STAGES:
+        counts = distribute_blocks(tuple(s[2] for s in MOBILEFACENET_STAGES), depth)
+        self.blocks = counts
+        for (expansion, channels, _, stride), n in zip(MOBILEFACENET_STAGES, counts, strict=True):
             cout = make_divisible(channels * width)
-            for i in range(max(1, math.ceil(blocks * depth))):
+            for i in range(n):
                 layers.append(Bottleneck(c, cout, stride if i == 0 else 1, expansion))
                 c = cout
         last = make_divisible(512 * width)
@@ -207,7 +230,7 @@ for _name, _layers in {
 }.items():
 
     def _make(width=1.0, depth=1.0, embedding_size=512, input_size=112, _layers=_layers, **_):
-        layers = tuple(max(1, math.ceil(n * depth)) for n in _layers)
+        layers = distribute_blocks(_layers, depth)
         return IResNet(layers, width, embedding_size, input_size)
 
     register(_name)(_make)
@@ -240,3 +263,17 @@ def flops_matched_pairs(
             if abs(macs - target_macs) <= tolerance * target_macs:
                 out.append((w, d, macs))
     return sorted(out, key=lambda t: abs(t[2] - target_macs))
+
+
+def grid_macs(
+    widths, depths, embedding_size: int = 512, input_size: int = 112
+) -> dict[tuple[float, float], tuple[tuple[int, ...], int]]:
+    """{(W, D): (blocks per stage, MACs)} of MobileFaceNet over a (W, D) grid. The networks
+    are built on the meta device: the count needs the shapes only, no weights or compute."""
+    out = {}
+    for w in widths:
+        for d in depths:
+            with torch.device("meta"):
+                net = MobileFaceNet(w, d, embedding_size, input_size)
+            out[(w, d)] = (net.blocks, count_macs(net))
+    return out
