@@ -4,7 +4,8 @@ The same photos (ORL crops pasted at random positions, scales and rotations into
 scenes, written as JPEG) are processed three ways in one run:
   * bare: the photos already decoded in memory, the detector alone in a plain loop (no
     decoding, warping or writing) — the ceiling for one worker;
-  * align with 1 worker and with --workers N: decode, detect, warp, write each crop.
+  * align with 1 worker and with --workers N, with and without --refine (a second
+    detector call on each face warped upright): decode, detect, warp, write each crop.
 
     python benchmarks/bench_align.py [--images 400] [--workers 2]
 """
@@ -64,17 +65,18 @@ def main() -> None:
         bare = len(images) / (time.perf_counter() - t)
         print(f"{len(images)} photos 640x480, detector {det.kind} on {det.providers[0]}")
         print(f"bare detector loop, 1 thread:      {bare:8.1f} images/s ({found} with a face)")
-        rates = {}
-        for workers in sorted({1, args.workers}):
-            r = align(tmp / "raw", tmp / f"out{workers}", YUNET, workers=workers, device="auto")
-            rates[workers] = r.images_per_second
-            print(
-                f"align --workers {workers}:                {r.images_per_second:8.1f} images/s "
-                f"({r.num_faces} crops, {r.num_failed} without a face, "
-                f"{rates[workers] / bare:.2f}x the bare loop)"
-            )
+        for refine in (False, True):
+            for workers in sorted({1, args.workers}):
+                out = tmp / f"out{workers}{refine}"
+                r = align(tmp / "raw", out, YUNET, workers=workers, refine=refine)
+                flag = "--refine   " if refine else "--no-refine"
+                print(
+                    f"align --workers {workers} {flag}:  {r.images_per_second:8.1f} images/s "
+                    f"({r.num_faces} crops, {r.num_failed} without a face, "
+                    f"{r.images_per_second / bare:.2f}x the bare loop)"
+                )
         t = time.perf_counter()
-        r = align(tmp / "raw", tmp / f"out{args.workers}", YUNET, workers=args.workers)
+        r = align(tmp / "raw", out, YUNET, workers=args.workers)
         print(f"re-run (all resumed):              {time.perf_counter() - t:8.2f} s")
 
 
