@@ -134,9 +134,10 @@ def decode_image(data: bytes) -> Image.Image:
         raise ImageError(what) from None
     fmt = _FORMAT_NAMES.get(img.format, img.format or fmt)
     try:
-        img.seek(0)
-        img.load()
-        img = ImageOps.exif_transpose(img)
+        img.load()  # the first frame of an animated GIF/WebP: nothing seeks further
+        # Only files that carry EXIF can be rotated by it; parsing it costs ~20 us/image.
+        if "exif" in img.info or img.format == "TIFF":
+            img = ImageOps.exif_transpose(img)
     except Exception as e:  # PIL raises many types for corrupt data
         text = str(e)
         if "truncated" in text or "broken data stream" in text or isinstance(e, EOFError):
