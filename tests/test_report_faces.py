@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from faceclean.cli import main
 
 
-def test_report_shows_groups_overlap_and_duplicates_offline(tmp_path, faces, tiny_model):
+@pytest.fixture
+def report_page(tmp_path, faces, tiny_model) -> Path:
+    """A report of a clean with a merged group, an overlap and duplicates."""
     data = tmp_path / "data"
     shutil.copytree(faces, data)
     # id_0000 filed twice (a split identity: merged, and every image a cross-class copy),
@@ -35,7 +42,12 @@ def test_report_shows_groups_overlap_and_duplicates_offline(tmp_path, faces, tin
     assert res.exit_code == 0, res.output
     res = run(main, ["report", str(clean)])
     assert res.exit_code == 0, res.output
-    page = (clean / "report" / "report.html").read_text()
+    return clean / "report" / "report.html"
+
+
+def test_report_shows_groups_overlap_and_duplicates_offline(report_page):
+    clean = report_page.parent.parent
+    page = report_page.read_text()
     assert "Merged groups (1;" in page and "id_0000_again" in page
     assert "Overlap with the evaluation set (2 identity pairs" in page and "person_e" in page
     assert "ACROSS CLASSES" in page and "within one class" in page
@@ -45,3 +57,29 @@ def test_report_shows_groups_overlap_and_duplicates_offline(tmp_path, faces, tin
     assert set(external) <= {"discriminability.png", "contact_sheet.png"}
     assert all((clean / "report" / s).is_file() for s in external)
     assert len(sources) - len(external) >= 2 * 3 + 2 * 3 + 6 + 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+    reason="no Chromium to render the report",
+)
+def test_report_renders_in_headless_chromium_offline(report_page):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from render_report import render
+
+    def colourful(page: Path) -> int:
+        shot = page.with_suffix(".png")
+        render(page, shot, width=1000, height=8000)
+        img = np.asarray(Image.open(shot).convert("RGB"), np.int16)
+        assert img.shape == (8000, 1000, 3)
+        # The synthetic faces are coloured; text and grey backgrounds are not.
+        return int((img.max(2) - img.min(2) > 40).sum())
+
+    # The same page with every embedded thumbnail broken is the baseline.
+    broken = report_page.with_name("broken.html")
+    text = report_page.read_text()
+    broken.write_text(re.sub(r"data:image/jpeg;base64,[^']*", "data:image/jpeg;base64,AA", text))
+    shown, baseline = colourful(report_page), colourful(broken)
+    print("colourful pixels", shown, "with the thumbnails broken", baseline)
+    assert shown - baseline > 20 * 72 * 72 // 2  # at least 20 half-coloured thumbnails
