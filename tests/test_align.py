@@ -255,6 +255,15 @@ def test_align_layouts_picks_failures_and_resume(tmp_path):
     assert again.num_resumed == 1 and again.num_faces == 1 and again.num_failed == 1
 
 
+def test_align_refuses_to_write_into_its_input(tmp_path, faces):
+    model = _fake_detector(tmp_path / "boxes.onnx", ["boxes", "scores"])
+    for out in (faces, faces / "aligned"):
+        res = CliRunner().invoke(
+            main, ["align", str(faces), "-o", str(out), "--detector", str(model)]
+        )
+        assert res.exit_code == 2 and "in the input folder" in res.output
+
+
 def test_align_cli_refuses_an_unknown_detector(tmp_path, faces):
     model = _fake_detector(tmp_path / "boxes.onnx", ["boxes", "scores"])
     res = CliRunner().invoke(

@@ -274,8 +274,10 @@ def align(
         rel = output_relpath(ds, i)
         return os.path.splitext(rel)[0] + ".jpg" if rec else rel
 
-    if out_root.resolve() == Path(ds.root).resolve():
-        raise FacecleanError("the output folder is the input folder; choose another", out_root)
+    src_root, dst = Path(ds.root).resolve(), out_root.resolve()
+    if dst == src_root or (ds.kind == "folder" and src_root in dst.parents):
+        # Crops inside the input folder would be read as an identity on the next run.
+        raise FacecleanError("the output folder is in the input folder; choose another", out_root)
     if out_root.exists() and not out_root.is_dir():
         raise FacecleanError("output exists and is not a folder", out_root)
     if isinstance(detector, FaceDetector):
