@@ -122,14 +122,22 @@ def embed_images(
     batch_size: int = 128,
     device: torch.device | None = None,
     flip: bool = False,
+    workers: int = 0,
 ) -> np.ndarray:
-    """Unit embeddings [N, d] of a dataset, in order (flip: image + mirror summed)."""
+    """Unit embeddings [N, d] of a dataset, in order (flip: image + mirror summed), on
+    ``device`` (default: the model's), images decoded by ``workers`` loader processes."""
     device = device or next(model.parameters()).device
     model.eval()
     out = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     for x, _ in loader:
-        x = x.to(device)
+        x = x.to(device, non_blocking=True)
         f = model(x)
         if flip:
             f = f + model(torch.flip(x, dims=[3]))
@@ -303,15 +311,24 @@ def train(
 
 
 def evaluate_run(
-    run_dir: str | Path, val: str | Path, fars=(1e-3, 1e-4, 1e-5), flip: bool = True
+    run_dir: str | Path,
+    val: str | Path,
+    fars=(1e-3, 1e-4, 1e-5),
+    flip: bool = True,
+    device: str | None = None,
+    workers: int | None = None,
 ) -> dict:
-    """TAR@FAR (all pairs) of a run's model on a validation set given as identities."""
+    """TAR@FAR (all pairs) of a run's model on a validation set given as identities, on
+    the run's training device and with its loader workers unless ``device``/``workers``
+    say otherwise (on a GPU the whole loop, evaluation included, stays on the GPU)."""
     from faceclean.training.verification import evaluate_embeddings
 
     model, cfg = load_run(run_dir)
+    dev = pick_device(device or cfg.device)
     ds = open_dataset(val)
     images = FaceImages(ds.paths.to_pylist(), ds.labels, ds.root, spec_for(cfg), train=False)
-    emb = embed_images(model, images, flip=flip)
+    n_workers = cfg.workers if workers is None else workers
+    emb = embed_images(model.to(dev), images, device=dev, flip=flip, workers=n_workers)
     return evaluate_embeddings(emb, ds.labels, fars)
 
 
@@ -321,15 +338,17 @@ def evaluate_run_bin(run_dir: str | Path, bin_path: str | Path) -> dict:
 
     model, cfg = load_run(run_dir)
     spec = spec_for(cfg)
+    dev = pick_device(cfg.device)  # the training device, as in evaluate_run
+    model.to(dev)
 
     @torch.no_grad()
     def embed(images: list[bytes], flip: bool) -> np.ndarray:
         out = []
         for s in range(0, len(images), 128):
             pixels = np.stack([load_pixels(b, spec)[0] for b in images[s : s + 128]])
-            x = torch.from_numpy(normalise(pixels, spec))
+            x = torch.from_numpy(normalise(pixels, spec)).to(dev)
             f = model(x) + (model(torch.flip(x, dims=[3])) if flip else 0)
-            out.append(torch.nn.functional.normalize(f).numpy())
+            out.append(torch.nn.functional.normalize(f).cpu().numpy())
         return np.concatenate(out)
 
     return evaluate_bin(bin_path, embed)
