@@ -264,6 +264,14 @@ def test_align_refuses_to_write_into_its_input(tmp_path, faces):
         assert res.exit_code == 2 and "in the input folder" in res.output
 
 
+def test_align_option_ranges_are_one_line_errors(tmp_path, faces):
+    for bad in (["--min-score", "1.5"], ["--size", "0"], ["--workers", "0"], ["--max-side", "8"]):
+        res = CliRunner().invoke(
+            main, ["align", str(faces), "-o", str(tmp_path / "o"), "--detector", "x", *bad]
+        )
+        assert res.exit_code == 2 and bad[0] in res.output
+
+
 def test_align_cli_refuses_an_unknown_detector(tmp_path, faces):
     model = _fake_detector(tmp_path / "boxes.onnx", ["boxes", "scores"])
     res = CliRunner().invoke(

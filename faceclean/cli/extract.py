@@ -290,9 +290,27 @@ def extract(
     show_default=True,
     help="Several faces in a photo: the largest, the most central, or all (_1, _2 suffixes).",
 )
-@click.option("--min-size", default=0.0, show_default=True, help="Smallest face box side, px.")
-@click.option("--min-score", default=0.6, show_default=True, help="Detection score threshold.")
-@click.option("--size", default=112, show_default=True, help="Side of the square crop, px.")
+@click.option(
+    "--min-size",
+    type=click.FloatRange(0, None),
+    default=0.0,
+    show_default=True,
+    help="Smallest face box side, px.",
+)
+@click.option(
+    "--min-score",
+    type=click.FloatRange(0, 1),
+    default=0.6,
+    show_default=True,
+    help="Detection score threshold.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(16, 4096),
+    default=112,
+    show_default=True,
+    help="Side of the square crop, px.",
+)
 @click.option(
     "--refine/--no-refine",
     default=True,
@@ -301,12 +319,14 @@ def extract(
 )
 @click.option(
     "--max-side",
+    type=click.IntRange(32, 16384),
     default=640,
     show_default=True,
     help="Photos are shrunk to this longer side for detection (crops use full resolution).",
 )
 @click.option(
     "--workers",
+    type=click.IntRange(1, 256),
     default=min(4, os.cpu_count() or 1),
     show_default=True,
     help="Images processed at once.",
