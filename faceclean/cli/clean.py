@@ -383,13 +383,14 @@ def evaluate_cleaning_cmd(clean_dir, truth, sweep, overwrite):
 @click.argument("evaluation", metavar="EVAL", type=click.Path(path_type=Path))
 @click.option(
     "--tau",
+    type=click.FloatRange(-1, 1),
     default=0.62,
     show_default=True,
     help="Centroid cosine above which a training and an evaluation class are one identity.",
 )
 @click.option(
     "--image-tau",
-    type=float,
+    type=click.FloatRange(-1, 1),
     default=None,
     help="Also list image pairs across the stores above this cosine (e.g. 0.95).",
 )
