@@ -344,8 +344,14 @@ def resumable_dir(
             with atomic_dir(path) as tmp:
                 yield tmp
         else:
+            created = not path.exists()
             path.mkdir(parents=True, exist_ok=True)
-            yield path
+            try:
+                yield path
+            except BaseException:
+                if created and not any(path.iterdir()):  # refused before writing anything
+                    path.rmdir()
+                raise
 
 
 def tmp_sibling(path: PathLike) -> Path:

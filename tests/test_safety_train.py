@@ -219,3 +219,65 @@ def test_bad_train_options_are_one_line_errors(tmp_path, faces, option, value):
 def test_bad_eval_far_is_a_one_line_error(tmp_path, faces):
     r = run("eval", fake_run(tmp_path / "run", faces), "--val", faces, "--far", "2")
     assert r.exit_code == 2 and "'--far'" in r.output and "Traceback" not in r.output
+
+
+def tiny_config(train_list, **kw):
+    base = dict(
+        clean_list=str(train_list), input_size=32, embedding_size=8, width=0.25, depth=0.5,
+        loss="softmax", epochs=3, batch_size=6, lr=0.05, workers=0,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_metrics_never_hold_an_epoch_twice(tmp_path, faces):
+    from faceclean.training.run import read_metrics
+    from faceclean.training.train import train
+
+    cfg = tiny_config(faces)
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b", stop_after_epochs=1)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    # a kill after epoch 2's line was written, before its checkpoint
+    metrics.write_text(metrics.read_text() + json.dumps({"epoch": 2, "step": 99}) + "\n")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "b")] == [1, 2]
+    train(cfg, tmp_path / "b")
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    assert [(r["step"], r["loss"]) for r in a] == [(r["step"], r["loss"]) for r in b]
+
+
+def test_fewer_images_than_a_batch_is_an_error(tmp_path, faces):
+    lst = tmp_path / "few.lst"
+    lst.write_text("".join(f"{faces}/id_000{k}/00.png {k}\n" for k in range(4)))
+    r = run("train", lst, "-o", tmp_path / "run", "--batch-size", "8", "--input-size", "32")
+    one_error_line(r, "few.lst", "4 image(s), fewer than one batch of 8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["few.lst"]
+    missing = tmp_path / "missing.lst"
+    missing.write_text("".join(f"gone/{i}.png {i % 2}\n" for i in range(20)))
+    one_error_line(run("train", missing, "-o", tmp_path / "run"), "missing.lst", "missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["few.lst", "missing.lst"]
+
+
+def test_a_corrupt_training_image_is_skipped_counted_and_limited(tmp_path, faces):
+    import shutil
+
+    from faceclean.training.run import read_metrics
+    from faceclean.training.train import train
+
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    (data / "id_0002" / "03.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    cfg = tiny_config(data, epochs=1, workers=1)
+    summary = train(cfg, tmp_path / "run", max_failures=0.1)
+    assert summary["steps"] == 4
+    skipped = (tmp_path / "run" / "skipped_images.tsv").read_text().splitlines()
+    assert len(skipped) == 1 and skipped[0].startswith("id_0002/03.png\t")
+    assert read_metrics(tmp_path / "run")[0]["skipped_images"] == 1
+    with pytest.raises(
+        FacecleanError,
+        match=r"1 of 24 training images could not be read, "
+        r"more than --max-failures 0; e\.g\. id_0002/03\.png",
+    ):
+        train(cfg, tmp_path / "strict", max_failures=0)
+    assert not (tmp_path / "strict" / "checkpoint.pt").exists()

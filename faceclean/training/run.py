@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from faceclean.data.preprocess import PRESETS, Preprocessing
+from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.training.backbones import create_backbone
 from faceclean.training.losses import create_head
@@ -132,3 +133,82 @@ def load_run(
     model, _ = build(cfg, state["num_classes"])
     model.load_state_dict(state["model"])
     return model.eval(), cfg
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``metrics.jsonl``, one per epoch, in order (empty if none yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_metrics(run_dir: str | Path, record: dict) -> None:
+    """Write an epoch's record into ``metrics.jsonl``: the file is rewritten atomically
+    with every earlier epoch's line and this one, so an epoch re-run after a kill (its
+    line written, its checkpoint not) replaces its line instead of adding a second, and a
+    kill mid-write leaves the previous file whole."""
+    path = Path(run_dir) / "metrics.jsonl"
+    kept = [r for r in read_metrics(run_dir) if r.get("epoch", 0) < record["epoch"]]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in [*kept, record]))
+
+
+def trim_metrics(run_dir: str | Path, epoch: int) -> None:
+    """On resume from a checkpoint after ``epoch``: drop lines of later epochs (written
+    before a kill that came ahead of their checkpoint), which would claim progress the
+    checkpoint does not hold."""
+    records = read_metrics(run_dir)
+    kept = [r for r in records if r.get("epoch", 0) <= epoch]
+    if len(kept) != len(records):
+        with atomic_path(Path(run_dir) / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+class SkippedImages:
+    """Training images that cannot be read: each is skipped (the data loader hands it on
+    with label ``-1 - index``), counted once, listed with its reason in the run folder's
+    ``skipped_images.tsv``, and more than ``max_share`` of the list is an error naming one.
+    """
+
+    def __init__(self, run_dir: Path, clean_list, paths, root, spec, max_share: float):
+        if not 0.0 <= max_share <= 1.0:
+            raise FacecleanError(f"--max-failures is a share in [0, 1], not {max_share}")
+        self.run_dir, self.clean_list, self.paths = Path(run_dir), clean_list, paths
+        self.root, self.spec, self.max_share = Path(root), spec, max_share
+        self.found: dict[int, str] = {}
+
+    def _reason(self, i: int) -> str:
+        from faceclean.data.datasets import read_image_bytes
+        from faceclean.data.preprocess import load_pixels
+
+        try:  # read again here: the worker that failed cannot send its exception along
+            load_pixels(read_image_bytes(self.root, self.paths[i]), self.spec)
+        except Exception as e:
+            return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return "unreadable in a data-loading worker"
+
+    def add(self, indices) -> None:
+        """Count these (dataset indices); raise once past the limit."""
+        for i in indices:
+            if i not in self.found:
+                self.found[i] = self._reason(i)
+        if len(self.found) > self.max_share * len(self.paths):
+            i = min(self.found)
+            raise FacecleanError(
+                f"{len(self.found)} of {len(self.paths)} training images could not be read, "
+                f"more than --max-failures {self.max_share:g}; e.g. {self.paths[i]}: "
+                f"{self.found[i]}",
+                self.clean_list,
+            )
+
+    def write(self) -> None:
+        """``skipped_images.tsv`` (path, reason), written atomically when any was found."""
+        if self.found:
+            with atomic_path(self.run_dir / "skipped_images.tsv") as tmp:
+                tmp.write_text(
+                    "".join(
+                        f"{self.paths[i]!s}\t{self.found[i]}\n".replace("\r", " ")
+                        for i in sorted(self.found)
+                    )
+                )

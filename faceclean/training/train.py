@@ -32,7 +32,15 @@ from faceclean.progress import RowProgress
 from faceclean.training.backbones import count_macs
 from faceclean.training.checkpoint import load_checkpoint, save_checkpoint
 from faceclean.training.losses import create_head
-from faceclean.training.run import TrainConfig, build_backbone, load_run, spec_for
+from faceclean.training.run import (
+    SkippedImages,
+    TrainConfig,
+    build_backbone,
+    load_run,
+    record_metrics,
+    spec_for,
+    trim_metrics,
+)
 from faceclean.training.teacher import TeacherFilter
 
 
@@ -87,6 +95,9 @@ class FaceImages(Dataset):
         try:
             pixels, _ = load_pixels(read_image_bytes(self.root, self.paths[i]), self.spec)
         except Exception as e:
+            if self.train:  # skipped and counted by the loop (SkippedImages), not a crash
+                blank = torch.zeros(3, self.spec.height, self.spec.width)
+                return blank, -1 - i
             raise FacecleanError(
                 f"cannot read training image: {e}", self.root / self.paths[i]
             ) from None
@@ -150,12 +161,17 @@ def train(
     run_dir: str | Path,
     progress: bool = False,
     stop_after_epochs: int | None = None,
+    max_failures: float = 0.01,
 ) -> dict:
     """Train (or resume) into ``run_dir``: ``config.json``, ``checkpoint.pt`` (model, head,
     optimiser, epoch, step), ``metrics.jsonl`` (one line per epoch). Returns the summary.
 
     ``stop_after_epochs`` ends this call after that many epochs (for time-sliced jobs);
-    calling again resumes, and the result equals one uninterrupted run."""
+    calling again resumes, and the result equals one uninterrupted run.
+
+    A list with fewer images than one batch is an error (nothing would be trained). An
+    image that cannot be read is skipped and listed in ``skipped_images.tsv``; more than
+    ``max_failures`` (a share of the list) is an error."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     paths, labels, root = read_clean_list(cfg.clean_list, cfg.data_root)
@@ -167,6 +183,12 @@ def train(
             cfg.clean_list,
         )
     world = int(os.environ.get("WORLD_SIZE", 1))
+    if len(paths) < cfg.batch_size * world:
+        raise FacecleanError(
+            f"{len(paths)} image(s), fewer than one batch of {cfg.batch_size * world}: "
+            "nothing would be trained; lower --batch-size",
+            cfg.clean_list,
+        )
     distributed = world > 1
     device = pick_device(cfg.device)
     own_group = distributed and not torch.distributed.is_initialized()
@@ -202,6 +224,7 @@ def train(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     dataset = FaceImages(paths, labels, root, spec_for(cfg), train=True, seed=cfg.seed)
+    skipped = SkippedImages(run_dir, cfg.clean_list, paths, root, spec_for(cfg), max_failures)
     # Under torchrun each process sees 1/world of the data per epoch (batch is per process).
     steps_per_epoch = max(1, len(dataset) // (cfg.batch_size * world))
     total = cfg.epochs * steps_per_epoch
@@ -212,6 +235,8 @@ def train(
     if ckpt.exists():
         state = load_checkpoint(ckpt, model, head, optimiser, device)
         epoch, step = state["epoch"], state["step"]
+    if not distributed or rank == 0:
+        trim_metrics(run_dir, epoch)
     net = nn.parallel.DistributedDataParallel(model) if distributed else model
     t0 = time.perf_counter()
     bar = RowProgress(progress, "train", total, step, unit="step")
@@ -246,6 +271,13 @@ def train(
                 break
             for g in optimiser.param_groups:
                 g["lr"] = cfg.lr * lr_at(step, total, steps_per_epoch, cfg)
+            if (y < 0).any():  # unreadable images: skip them, count them, stop past the limit
+                skipped.add((-1 - y[y < 0]).tolist())
+                x, y = x[y >= 0], y[y >= 0]
+                if len(y) < 2 and not distributed:  # BatchNorm needs two samples
+                    step += 1
+                    bar.advance(1)
+                    continue
             x, y = x.to(device, non_blocking=True), y.to(device)
             if device.type == "cuda":
                 x = x.to(memory_format=torch.channels_last)
@@ -291,9 +323,13 @@ def train(
         }
         if teacher is not None:
             record["teacher_kept"] = passed / max(seen, 1)
+        if skipped.found:
+            record["skipped_images"] = len(skipped.found)
         if not distributed or torch.distributed.get_rank() == 0:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            # Before the checkpoint: a kill in between re-runs this epoch, whose line then
+            # replaces this one (never two lines for one epoch).
+            record_metrics(run_dir, record)
+            skipped.write()
         # Every rank takes part (the head's blocks are gathered); rank 0 writes.
         save_checkpoint(ckpt, model, head, optimiser, epoch=epoch, step=step)
     bar.close()
