@@ -71,3 +71,24 @@ def test_model_without_preprocessing_needs_the_flags(faces, fixed_model):
         evaluate_onnx(fixed_model, faces, [], (1e-2,))
     rows = evaluate_onnx(fixed_model, faces, [], (1e-2,), preset="insightface")
     assert rows["val images"] == "48 (0 failed)"
+
+
+def test_cli_eval_of_an_onnx_model(faces, tiny_model, fixed_model, tmp_path):
+    from click.testing import CliRunner
+
+    from faceclean.cli import main
+
+    pairs = [((k, 0), (k, 1)) for k in range(4)] + [((k, 2), (k + 4, 3)) for k in range(4)]
+    b = _bin(tmp_path / "p.bin", faces, pairs)
+    run = CliRunner().invoke
+    res = run(main, ["eval", str(tiny_model), "--bin", str(b), "--val", str(faces)])
+    assert res.exit_code == 0, res.output
+    assert "p.bin accuracy" in res.output and "(4+4 pairs)" in res.output
+    assert "tar@far=0.001" in res.output
+    # a model without recorded preprocessing takes extract's flags
+    res = run(main, ["eval", str(fixed_model), "--bin", str(b)])
+    assert res.exit_code == 2 and "model records no preprocessing" in res.output
+    res = run(main, ["eval", str(fixed_model), "--bin", str(b), "--preset", "insightface"])
+    assert res.exit_code == 0, res.output
+    res = run(main, ["eval", str(fixed_model), "--bin", str(b), "--std", "0"])
+    assert res.exit_code == 2 and "std values must be positive" in res.output

@@ -58,15 +58,8 @@ def evaluate_onnx(model: Path, val: Path | None, bins, fars, **opts) -> dict:
     for b in bins:
         images, issame = load_bin(b)
         genuine, impostor = int(issame.sum()), int((~issame).sum())
-        if genuine == 0 or impostor == 0:
-            missing = "impostor" if impostor == 0 else "genuine"
-            console.print(
-                f"[yellow]warning:[/] {escape(str(b))}: no {missing} pairs "
-                f"({genuine} genuine, {impostor} impostor); an accuracy would be meaningless",
-                highlight=False,
-                soft_wrap=True,
-            )
-            rows[f"{b.name} accuracy"] = f"n/a (no {missing} pairs)"
+        if one_sided_bin(b, issame):
+            rows[f"{b.name} accuracy"] = one_sided_bin(b, issame, warn=False)
             continue
         e = embed_bytes(fm, images, spec, flip=True, where=str(b))
         scores = np.einsum("nd,nd->n", e[0::2], e[1::2])
@@ -74,3 +67,24 @@ def evaluate_onnx(model: Path, val: Path | None, bins, fars, **opts) -> dict:
         acc, std = kfold_accuracy(scores, issame, folds=min(10, len(issame)))
         rows[f"{b.name} accuracy"] = f"{acc:.4f} ± {std:.4f} ({genuine}+{impostor} pairs)"
     return rows
+
+
+def one_sided_bin(path: Path, issame: np.ndarray | None = None, warn: bool = True) -> str | None:
+    """For a ``.bin`` with no impostor (or no genuine) pairs: warn and return the "n/a"
+    text to show instead of an accuracy (any threshold scores 100% there). None otherwise."""
+    if issame is None:
+        from faceclean.training.verification import load_bin
+
+        issame = load_bin(path)[1]
+    genuine, impostor = int(issame.sum()), int((~issame).sum())
+    if genuine and impostor:
+        return None
+    missing = "impostor" if impostor == 0 else "genuine"
+    if warn:
+        console.print(
+            f"[yellow]warning:[/] {escape(str(path))}: no {missing} pairs "
+            f"({genuine} genuine, {impostor} impostor); an accuracy would be meaningless",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return f"n/a (no {missing} pairs)"
