@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -204,3 +205,35 @@ def test_every_depth_of_the_default_grid_is_a_distinct_network():
     # D = 1.01 adds one block (+6% MACs), not one per stage (+29%).
     base = count_macs(MobileFaceNet(1.0, 1.0, 512))
     assert 1.05 < count_macs(MobileFaceNet(1.0, 1.01, 512)) / base < 1.07
+
+
+def test_reward_guided_search_moves_mu_toward_the_best_a(tmp_path):
+    from faceclean.training.search_softmax import reward_guided_search
+
+    best_a = -3.0
+    seen = []
+
+    def train_copy(epoch, i, a, start):
+        # A task whose reward peaks at a = -3; each copy "starts" from the previous best.
+        seen.append((epoch, start is not None))
+        ckpt = tmp_path / f"e{epoch}c{i}.pt"
+        torch.save({"a": a}, ckpt)
+        return ckpt, -((a - best_a) ** 2)
+
+    out = reward_guided_search(tmp_path / "run", 8, 4, train_copy, mu=-0.5, sigma=0.5, seed=1)
+    log = [
+        json.loads(x) for x in (tmp_path / "run" / "search_softmax.jsonl").read_text().splitlines()
+    ]
+    mus = [row["mu"] for row in log[::4]]
+    assert len(log) == 32 and {"epoch", "a", "reward", "mu"} <= set(log[0])
+    assert abs(mus[-1] - best_a) < abs(-0.5 - best_a) / 3  # mu went most of the way
+    assert (
+        sum(b < a for a, b in zip([-0.5, *mus[:-1]], mus, strict=True)) >= 6
+    )  # it moved down almost always
+    assert seen[0] == (0, False) and all(s for e, s in seen if e > 0)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["a"] == max((r for r in log if r["epoch"] == 8), key=lambda r: r["reward"])["a"]
+    assert out["mu"] == mus[-1]
+    # Resuming a finished search changes nothing.
+    again = reward_guided_search(tmp_path / "run", 8, 4, train_copy, mu=-0.5, sigma=0.5, seed=1)
+    assert again["mu"] == out["mu"] and len(seen) == 32

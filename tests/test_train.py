@@ -314,3 +314,30 @@ def test_list_grid_prints_the_macs_of_every_grid_point(monkeypatch):
     assert len(rows) == 3 and rows[0].split()[1] == "5+1+6+1+2"
     assert rows[0].split()[-1] == "221.2"  # the base MobileFaceNet (W = D = 1)
     assert len({r.split()[1] for r in rows}) == 3  # three distinct networks
+
+
+@pytest.mark.slow  # four copy-epochs of training and scoring
+def test_search_softmax_mode_trains_copies_and_keeps_the_best(sets, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from faceclean.cli import main
+
+    train_dir, val_dir = sets
+    args = ["train", str(train_dir), "--input-size", "32", "--embedding-size", "16"]
+    args += ["--width", "0.25", "--depth", "0.5", "--batch-size", "32", "--workers", "0"]
+    args += ["--loss", "search-softmax", "--loss-arg", "s=32", "--search-copies", "2"]
+    args += ["--epochs", "2", "--val", str(val_dir), "-o", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    log = [json.loads(x) for x in (tmp_path / "run" / "search_softmax.jsonl").open()]
+    assert [(r["epoch"], r["copy"]) for r in log] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert all(-5 <= r["a"] <= 0 and 0 <= r["reward"] <= 1 for r in log)
+    best = max(log[2:], key=lambda r: r["reward"])
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["head"]["a_value"].item() == pytest.approx(best["a"])
+    assert not (tmp_path / "run" / "copies").exists()
+    assert load_run(tmp_path / "run")[1].loss_kwargs["a"] == pytest.approx(best["a"])
+    bad = CliRunner().invoke(main, args[:-4] + ["-o", str(tmp_path / "r2")])
+    assert bad.exit_code == 2 and "--search-copies needs --val" in bad.output
