@@ -154,3 +154,23 @@ def test_commit_files_never_leaves_a_new_file_beside_an_old_companion(tmp_path):
     assert main.read_text() == truth.read_text() == "new"
     with output_lock(main):
         assert lock_path(main).read_text().strip() == str(os.getpid())
+
+
+def test_a_writer_may_wait_for_the_holder_instead_of_failing(tmp_path):
+    out = tmp_path / "cleaned"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom faceclean.outputs import output_lock\n"
+            f"with output_lock({str(out)!r}):\n    print('locked', flush=True)\n"
+            "    time.sleep(0.5)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with writing(out, overwrite=False, folder=True, wait=60) as tmp:
+        (tmp / "done").write_text("1")
+    holder.wait()
+    assert (out / "done").exists()

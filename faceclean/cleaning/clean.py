@@ -169,6 +169,7 @@ def clean(
     batch_rows: int = 65536,
     backend: str = "auto",
     overwrite: bool = False,
+    wait: float = 0.0,
     exclude: str | Path | None = None,
     dedup: float | None = None,
     dedup_keep: bool = False,
@@ -181,7 +182,9 @@ def clean(
     already has, so the whole clean reads the embeddings twice (sums, then scores).
 
     ``output_dir`` must not exist unless ``overwrite``; it is checked and locked before
-    any work, built aside and swapped in whole (see :mod:`faceclean.outputs`).
+    any work, built aside and swapped in whole (see :mod:`faceclean.outputs`). ``wait``
+    seconds are spent waiting for another process writing the same folder (0: refuse at
+    once); a folder it completed meanwhile then counts as existing.
 
     ``exclude`` (a `faceclean overlap` folder or a label list) drops whole classes first;
     ``dedup`` (a cosine) lists near-duplicate groups in ``dedup.parquet`` and, with
@@ -193,7 +196,7 @@ def clean(
     if data_root is None and fmt == "rec":
         data_root = read_metadata(embeddings[0]).get("dataset")
     inputs = [*embeddings, data_root]
-    with writing(out, overwrite=overwrite, inputs=inputs, folder=True) as tmp:
+    with writing(out, overwrite=overwrite, inputs=inputs, folder=True, wait=wait) as tmp:
         r = _clean(
             embeddings,
             tmp,
