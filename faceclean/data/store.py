@@ -201,10 +201,14 @@ def _check_one_extraction(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
                 "to check that the labels mean the same identities",
                 p,
             )
-        table = pf.read(columns=["label", "identity"]).group_by(["label", "identity"]).aggregate([])
-        for label, identity in zip(
-            table["label"].to_pylist(), table["identity"].to_pylist(), strict=True
-        ):
+        # One row group at a time: memory holds the distinct (label, identity) pairs only.
+        pairs = set()
+        for batch in iter_row_groups(pf, ["label", "identity"], 1 << 20):
+            distinct = pa.Table.from_batches([batch]).group_by(["label", "identity"]).aggregate([])
+            pairs.update(
+                zip(distinct["label"].to_pylist(), distinct["identity"].to_pylist(), strict=True)
+            )
+        for label, identity in sorted(pairs, key=lambda x: (x[0], str(x[1]))):
             other = labels.setdefault(identity, (label, p))
             if other[0] != label:
                 raise FacecleanError(
