@@ -219,3 +219,24 @@ def test_inject_noise_api_refuses_bad_fractions():
             from faceclean.cleaning.noise import inject_noise
 
             inject_noise(t, flip=bad)
+
+
+def test_filter_that_keeps_nothing_warns(store, tmp_path):
+    r = run("filter", store, "--tau-intra", "1000", "-o", tmp_path / "s.parquet")
+    assert r.exit_code == 0 and "WARNING: tau_intra 1000.0 drops every sample" in r.output
+    assert not pq.read_table(tmp_path / "s.parquet")["keep"].to_numpy(zero_copy_only=False).any()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(store, tmp_path, monkeypatch):
+    import errno
+
+    import faceclean.cleaning.filter as filter_module
+
+    class Full:
+        def __init__(self, where, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(filter_module.pq, "ParquetWriter", Full)
+    line = one_error_line(run("filter", store, "-o", tmp_path / "s.parquet"))
+    assert "No space left on device" in line and ".s.parquet.tmp-" in line
+    assert listing(tmp_path) == ["e.parquet"]

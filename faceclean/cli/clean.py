@@ -104,6 +104,11 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
         backend=backend,
         overwrite=overwrite,
     )
+    if r.num_kept == 0:  # the scores are complete, but nothing passes: say so loudly
+        _warn(
+            f"tau_intra {tau_intra} drops every sample (the largest D is "
+            f"{r.max_discriminability:.3g}): a clean at this threshold would be empty"
+        )
     _summary_table(
         "faceclean filter",
         {
