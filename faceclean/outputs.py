@@ -227,6 +227,18 @@ def remove_stale(path: PathLike) -> list[Path]:
     return [e for e, _, _ in stale]
 
 
+def remove_stale_inside(folder: PathLike) -> list[Path]:
+    """Remove the temporaries dead writers left inside a folder that is updated in place
+    (a run folder: ``.checkpoint.pt.tmp-<pid>`` from a kill during a save)."""
+    removed = []
+    for entry in Path(folder).glob(".*.tmp-*"):
+        suffix = entry.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and (int(suffix) == os.getpid() or not pid_alive(int(suffix))):
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
     try:
@@ -346,6 +358,7 @@ def resumable_dir(
         else:
             created = not path.exists()
             path.mkdir(parents=True, exist_ok=True)
+            remove_stale_inside(path)
             try:
                 yield path
             except BaseException:

@@ -212,6 +212,7 @@ def test_train_survives_random_kills(material):
             assert done <= len(epochs) <= done + 1
 
     landed = chaos([*train, "-o", str(run)], holds_lock(run), seconds, rng, train_check, kills=4)
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in ref.iterdir())
     want, got = metrics(ref), metrics(run)
     assert [m["epoch"] for m in got] == [1, 2, 3, 4], landed
     assert [(m["step"], m["loss"]) for m in got] == [(m["step"], m["loss"]) for m in want]

@@ -174,3 +174,15 @@ def test_a_writer_may_wait_for_the_holder_instead_of_failing(tmp_path):
         (tmp / "done").write_text("1")
     holder.wait()
     assert (out / "done").exists()
+
+
+def test_a_resumable_folder_drops_dead_writers_temporaries(tmp_path):
+    from faceclean.outputs import resumable_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / ".checkpoint.pt.tmp-999999999").write_bytes(b"torn")  # a kill during a save
+    with resumable_dir(run, overwrite=False) as folder:
+        assert folder == run
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
