@@ -216,6 +216,15 @@ def test_bad_train_options_are_one_line_errors(tmp_path, faces, option, value):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("value", ["s=NaN", "m=Infinity", "s=abc", "s"])
+def test_bad_loss_args_are_one_line_errors(tmp_path, faces, value):
+    r = run("train", faces, "-o", tmp_path / "run", "--loss", "arcface", "--loss-arg", value)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "--loss-arg" in errors[0], r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_eval_far_is_a_one_line_error(tmp_path, faces):
     r = run("eval", fake_run(tmp_path / "run", faces), "--val", faces, "--far", "2")
     assert r.exit_code == 2 and "'--far'" in r.output and "Traceback" not in r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -130,6 +131,14 @@ def _list_grid(ctx: click.Context, _param, value: bool) -> None:
     help="Run folder (config, checkpoint, metrics); an existing one resumes.",
 )
 @click.option(
+    "--max-failures",
+    type=Finite(0.0, 1.0),
+    default=0.01,
+    show_default=True,
+    help="Share of the list's images that may be unreadable (skipped, listed in "
+    "skipped_images.tsv) before training stops with an error.",
+)
+@click.option(
     "--search-copies",
     type=click.IntRange(min=0),
     default=0,
@@ -179,6 +188,7 @@ def train_cmd(
     device,
     val,
     output,
+    max_failures,
     overwrite,
     search_copies,
     search_sigma,
@@ -201,9 +211,15 @@ def train_cmd(
     for item in loss_arg:
         key, _, value = item.partition("=")
         try:
-            kwargs[key.replace("-", "_")] = json.loads(value)
+            parsed = json.loads(value)
         except ValueError:
-            raise click.BadParameter(f"{item!r}: expected KEY=NUMBER") from None
+            parsed = None
+        # json reads NaN and Infinity: a loss parameter must be a finite number or a flag
+        if not isinstance(parsed, bool | int | float) or not math.isfinite(parsed):
+            raise click.BadParameter(
+                f"{item!r}: expected KEY=NUMBER (finite)", param_hint="'--loss-arg'"
+            )
+        kwargs[key.replace("-", "_")] = parsed
     cfg = TrainConfig(
         clean_list=str(clean_list),
         data_root=str(data) if data else None,
@@ -240,7 +256,7 @@ def train_cmd(
                     cfg, run_dir, val, search_copies, search_sigma, search_lr
                 )
             else:
-                summary = train(cfg, run_dir, progress=True)
+                summary = train(cfg, run_dir, progress=True, max_failures=max_failures)
         except TypeError as e:
             raise FacecleanError(f"bad parameter for loss {loss!r}: {e}") from None
     summary["run_dir"] = str(output)
