@@ -10,63 +10,21 @@ from faceclean.cli.common import (
     Finite,
     _backend,
     _batch_rows,
+    _check_tau_inter,
     _device,
+    _force,
     _loo,
+    _max_group,
     _overwrite,
     _summary_table,
-    console,
+    _tau_inter,
+    _tau_intra_help,
+    _warn,
+    _write_pairs,
     main,
 )
 from faceclean.data.store import sibling
-from faceclean.outputs import commit_files, tmp_sibling, writing
-
-_tau_intra_help = "Drop samples whose discriminability D is below this (paper: 0.3)."
-_tau_inter = click.option(
-    "--tau-inter",
-    type=Finite(-1.0, 1.0),
-    default=0.62,
-    show_default=True,
-    help="Merge classes whose centroid cosine exceeds this (paper: 0.62); below 0 needs --force.",
-)
-_force = click.option(
-    "--force", is_flag=True, help="Accept a --tau-inter below 0 (merges almost everything)."
-)
-_max_group = click.option(
-    "--max-group-size",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Chain guard: split bigger groups by cutting their weakest links (0: off).",
-)
-
-
-def _check_tau_inter(tau_inter: float, force: bool) -> None:
-    if tau_inter < 0 and not force:
-        raise click.BadParameter(
-            f"{tau_inter} would link almost every pair of classes (a typo?); "
-            "pass --force if you mean it",
-            param_hint="'--tau-inter'",
-        )
-
-
-def _warn(message: str | None) -> None:
-    if message:
-        console.print(f"[bold yellow]WARNING:[/] {message}", highlight=False, soft_wrap=True)
-
-
-def _write_pairs(tables_paths) -> None:
-    """Write each (table, path) under its temporary name, then rename them all, the
-    first (the main output) last: never a new file beside an old companion."""
-    import pyarrow.parquet as pq
-
-    staged = [(tmp_sibling(path), path) for _, path in tables_paths]
-    try:
-        for (table, _), (tmp, _) in zip(tables_paths, staged, strict=True):
-            pq.write_table(table, tmp)
-        commit_files(staged[::-1])
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+from faceclean.outputs import writing
 
 
 @main.command("filter")
