@@ -173,7 +173,7 @@ def test_null_and_absurd_values_are_named_errors(tmp_path):
         clean(_table(tmp_path, label=pa.array(huge)), tmp_path / "c")
     one_error_line(
         run("inject-noise", tmp_path / "bad.parquet", "-o", tmp_path / "n.parquet"),
-        "label 1099511627776",
+        "bad.parquet: label 1099511627776",
     )
     assert listing(tmp_path) == ["bad.parquet"]
 

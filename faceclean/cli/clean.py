@@ -24,6 +24,7 @@ from faceclean.cli.common import (
     main,
 )
 from faceclean.data.store import sibling
+from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
 
@@ -307,7 +308,12 @@ def inject_noise_cmd(embeddings, output, flip, outlier, split, seed, overwrite):
 
     truth = sibling(output, ".truth.parquet")
     with writing(output, overwrite=overwrite, inputs=[embeddings], companions=[truth]):
-        ns = inject_noise(open_store(embeddings).read(), flip, outlier, split, seed)
+        try:
+            ns = inject_noise(open_store(embeddings).read(), flip, outlier, split, seed)
+        except FacecleanError as e:  # the API works on a table: name the file here
+            if e.path is not None:
+                raise
+            raise FacecleanError(e.message, embeddings) from None
         _write_pairs([(ns.table, output), (ns.truth, truth)])
     counts = ns.truth["noise"].value_counts().to_pylist()
     _summary_table(
