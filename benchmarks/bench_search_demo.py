@@ -27,6 +27,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--retrain-epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--warmup-trials",
+        type=int,
+        default=2,
+        help="PPO's uniform start (the CLI's 16 would be the whole of a small budget)",
+    )
     args = ap.parse_args()
     quiet = Console(quiet=True)
     if not (args.dir / "noisy.parquet").exists():
@@ -59,6 +65,7 @@ def main() -> None:
             retrain_epochs=args.retrain_epochs,
             seed=args.seed,
             resume=(out / "state.pt").exists(),
+            controller={"warmup_trials": args.warmup_trials},
         )
         best = summary["retrained"][0]
         rows.append(

@@ -130,30 +130,41 @@ class PPO:
         target_kl: stop the epochs once mean KL(sampling || current) per sequence exceeds it.
         entropy_floor: per-token entropy floor as a fraction of log n.
         advantage: "mean" or "rank" (see :func:`advantages`).
+        history: batches learned from per update (1: only the one just run).
     """
 
     def __init__(
         self,
         controller: Controller,
-        lr: float = 5e-3,
+        lr: float = 1e-2,
         clip: float = 0.2,
         entropy: float = 1e-2,
         epochs: int = 4,
         target_kl: float = 0.05,
         entropy_floor: float = 0.1,
         advantage: str = "mean",
+        history: int = 1,
     ):
         self.controller = controller
         self.optimiser = torch.optim.Adam(controller.parameters(), lr=lr)
         self.clip, self.entropy, self.epochs = clip, entropy, epochs
         self.target_kl, self.floor, self.advantage = target_kl, entropy_floor, advantage
+        self.history = history
+        self.buffer: list[dict] = []  # the last ``history`` batches, this one included
         self.log_n = torch.tensor([math.log(n) for n in controller.sizes])
 
     def update(self, tokens: torch.Tensor, old_logp: torch.Tensor, rewards: torch.Tensor) -> dict:
         """One PPO update from sampled sequences ``tokens`` [B, T], the per-token log-probs
         under the policy that sampled them [B, T], and their rewards [B]. Returns
-        {"loss", "kl", "epochs"} of the last epoch run."""
-        adv = advantages(rewards.float(), self.advantage)[:, None]  # [B, 1]
+        {"loss", "kl", "epochs"} of the last epoch run. With ``history`` > 1 the last
+        batches are learned from again (their ratios against the policy that sampled them)
+        and the advantages are centred on all of their rewards."""
+        self.buffer.append({"tokens": tokens, "logp": old_logp, "rewards": rewards.float()})
+        self.buffer = self.buffer[-self.history :]
+        tokens = torch.cat([b["tokens"] for b in self.buffer])
+        old_logp = torch.cat([b["logp"] for b in self.buffer])
+        rewards = torch.cat([b["rewards"] for b in self.buffer])
+        adv = advantages(rewards, self.advantage)[:, None]  # [N, 1]
         stats = {"loss": 0.0, "kl": 0.0, "epochs": 0}
         if not bool(adv.abs().sum() > 0):
             return stats  # equal rewards: nothing to learn from this batch
@@ -182,8 +193,10 @@ class PPO:
         return {
             "controller": self.controller.state_dict(),
             "optimiser": self.optimiser.state_dict(),
+            "buffer": self.buffer,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.controller.load_state_dict(state["controller"])
         self.optimiser.load_state_dict(state["optimiser"])
+        self.buffer = list(state.get("buffer", []))

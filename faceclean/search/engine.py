@@ -45,7 +45,7 @@ DEFAULTS = {
     "method": "ppo",
     "seed": 0,
     "alpha": -0.07,
-    "controller_lr": 5e-3,
+    "controller_lr": 1e-2,
     "ppo_epochs": 4,
     "entropy": 1e-2,
     "warmup_trials": 16,
