@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import time
@@ -143,6 +144,11 @@ def _try_lock(lock: Path) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
+        except OSError as e:  # a file system without flock (some network mounts)
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            return fd  # the PID is still recorded; only the kernel's guarantee is missing
         # The previous holder unlinks the file on release: if it did so after we opened
         # it, we hold a lock on a file nobody else will look at. Open the current one.
         try:
