@@ -133,7 +133,7 @@ def run_demo(
             seed=seed,
         )
         train(cfg, output / "bootstrap-run", progress=True)  # resumes: a no-op when done
-        model = export_onnx(output / "bootstrap-run", output / "bootstrap.onnx")
+        model = export_onnx(output / "bootstrap-run", output / "bootstrap.onnx", overwrite=True)
         console.print(f"2. trained a bootstrap extractor and exported it: {model}")
     emb = output / "embeddings.parquet"
     result = extract(output / "train", model, emb, overwrite=True, progress=True)
@@ -148,7 +148,7 @@ def run_demo(
     write_tables((noisy.table, noisy_path), (noisy.truth, truth_path))
     counts = {c["values"]: c["counts"] for c in noisy.truth["noise"].value_counts().to_pylist()}
     console.print(f"4. injected known noise: {counts}")
-    cleaned = clean(noisy_path, output / "cleaned", 0.3, 0.62)
+    cleaned = clean(noisy_path, output / "cleaned", 0.3, 0.62, overwrite=True)
     keep = pq.read_table(cleaned.outputs["scores"])["keep"].to_numpy(zero_copy_only=False)
     m = evaluate(
         keep,
