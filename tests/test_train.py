@@ -62,6 +62,8 @@ def test_short_training_improves_tar_over_the_untrained_network(sets, tmp_path):
     assert summary["steps"] == 4 * (360 // 32)
     after = evaluate_run(tmp_path / "run", val_dir, (1e-2,))
     assert after["tar@far=0.01"] > before["tar@far=0.01"] + 0.2
+    # Scoring with loader workers (as training used them) gives the same numbers.
+    assert evaluate_run(tmp_path / "run", val_dir, (1e-2,), workers=2) == after
     losses = [
         float(line.split('"loss": ')[1].split(",")[0])
         for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
