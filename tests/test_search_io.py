@@ -211,3 +211,16 @@ def test_a_killed_search_takes_its_workers_with_it(tmp_path):
     for w in left:  # do not leave them behind if the test fails
         os.kill(w, signal.SIGKILL)
     assert not left, f"workers {left} outlived their killed parent"
+
+
+def test_pool_workers_share_the_cores(tmp_path, monkeypatch, space):
+    (tmp_path / "threadtrial.py").write_text(
+        "import torch\n"
+        "def trial(combo, seed):\n"
+        "    return {'acc': 0.5, 'macs': 1.0, 'threads': torch.get_num_threads()}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from threadtrial import trial
+
+    r = search(space, trial, tmp_path / "s", steps=1, batch=2, workers=2)
+    assert {t["threads"] for t in r.trials} == {max(1, (os.cpu_count() or 1) // 2)}

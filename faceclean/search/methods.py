@@ -29,9 +29,14 @@ def run_trial(trial_fn, combo: dict, seed: int) -> dict:
     return out
 
 
-def _watch_parent(parent: int) -> None:
-    """Worker initializer: exit as soon as the parent dies (a SIGKILLed search must not
-    leave its trials training on)."""
+def _init_worker(parent: int, threads: int) -> None:
+    """Worker initializer: use ``threads`` torch threads (N workers with every core's worth
+    of OpenMP threads each oversubscribe the CPU: on a busy 2-core machine two threads made
+    a training step ~20x slower than one), and exit as soon as the parent dies (a SIGKILLed
+    search must not leave its trials training on)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
     def watch():
         while os.getppid() == parent:
@@ -43,12 +48,14 @@ def _watch_parent(parent: int) -> None:
 
 def local_pool(workers: int) -> ProcessPoolExecutor:
     """A process pool that spawns its workers (a forked child inherits torch's OpenMP
-    state and can hang in its barrier) and whose workers die with the parent."""
+    state and can hang in its barrier), shares the cores among them, and whose workers die
+    with the parent."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
     return ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_watch_parent,
-        initargs=(os.getpid(),),
+        initializer=_init_worker,
+        initargs=(os.getpid(), threads),
     )
 
 
