@@ -355,7 +355,8 @@ class SearchSoftmax(CosineHead):
 
     def per_sample_loss(self, cos, cos_y, is_pos, embeddings):
         log_py = self.s * cos_y - log_normaliser(self.s * cos)
-        h = 1.0 / (self.a * log_py.exp() + (1 - self.a))
+        a = self.a_value.to(log_py)  # a tensor op: no host sync per step on a GPU
+        h = 1.0 / (a * log_py.exp() + (1 - a))
         return -(torch.log(h) + log_py)
 
 
