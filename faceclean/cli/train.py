@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from faceclean.cli.common import FacecleanError, Finite, _summary_table, main
+from faceclean.cli.evalmodel import onnx_model_options
 from faceclean.outputs import resumable_dir
 
 _positive = Finite(min=0.0, min_open=True)
@@ -269,7 +270,7 @@ def train_cmd(
 
 
 @main.command("eval")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", metavar="RUN_DIR|MODEL.onnx", type=click.Path(path_type=Path))
 @click.option(
     "--val",
     type=click.Path(path_type=Path),
@@ -291,8 +292,21 @@ def train_cmd(
     show_default=True,
 )
 @click.option("--unfinished", is_flag=True, help="Accept a run whose training has not ended.")
-def eval_cmd(run_dir, val, bins, fars, unfinished):
-    """TAR@FAR, the paper's ACC, and .bin accuracies of a trained run."""
+@onnx_model_options
+def eval_cmd(run_dir, val, bins, fars, unfinished, **onnx_opts):
+    """TAR@FAR, the paper's ACC, and .bin accuracies of a trained run, or of any ONNX
+    face model (MODEL.onnx, run with extract's preprocessing rules and options)."""
+    from faceclean.cli.evalmodel import evaluate_onnx, one_sided_bin
+
+    if not (val or bins):
+        raise click.UsageError("give --val and/or --bin")
+    if run_dir.suffix == ".onnx" and run_dir.is_file():
+        rows = evaluate_onnx(run_dir, val, bins, fars, **onnx_opts)
+        _summary_table("faceclean eval", {k: _fmt(v) for k, v in rows.items()})
+        return
+    asked = [k for k, v in onnx_opts.items() if v is not None and k != "model_device"]
+    if asked or onnx_opts.get("model_device") not in (None, "auto"):
+        raise click.UsageError("preprocessing/model options apply to an ONNX model, not a run")
     from faceclean.training.run import load_run
     from faceclean.training.train import evaluate_run, evaluate_run_bin
 
@@ -302,13 +316,16 @@ def eval_cmd(run_dir, val, bins, fars, unfinished):
     if val:
         rows.update(evaluate_run(run_dir, val, tuple(fars)))
     for b in bins:
+        if na := one_sided_bin(b):
+            rows[f"{b.name} accuracy"] = na
+            continue
         r = evaluate_run_bin(run_dir, b)
         rows[f"{b.name} accuracy"] = f"{r['accuracy']:.4f} ± {r['std']:.4f}"
-    if not rows:
-        raise click.UsageError("give --val and/or --bin")
-    _summary_table(
-        "faceclean eval", {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in rows.items()}
-    )
+    _summary_table("faceclean eval", {k: _fmt(v) for k, v in rows.items()})
+
+
+def _fmt(v):
+    return f"{v:.4f}" if isinstance(v, float) else v
 
 
 @main.command("export")
