@@ -57,8 +57,8 @@ def test_search_options_out_of_range_are_one_line_errors(tmp_path, args, message
         and result.exception is None
         or isinstance(result.exception, SystemExit)
     )
-    error = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(error) == 1 and message in error[0], result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error") and message in lines[0], lines
     assert not out.exists()
 
 
@@ -69,6 +69,7 @@ def test_demo_options_out_of_range_are_one_line_errors(tmp_path, args):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "-o", str(out), *args])
     assert result.exit_code == 2 and args[0] in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
     assert not out.exists()
 
 

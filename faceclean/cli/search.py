@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from faceclean.cli.common import console, main
+from faceclean.cli.extract import _OneLineUsage  # option errors as one line, like extract
 
 # The Python API's defaults (faceclean.search.loop.DEFAULTS), kept literal here so that
 # `faceclean --help` does not import torch; tests/test_search_cli.py checks they agree.
@@ -40,7 +41,7 @@ class _FiniteFloat(click.ParamType):
         return v
 
 
-@main.command("search")
+@main.command("search", cls=_OneLineUsage)
 @click.argument("embeddings", type=click.Path(path_type=Path))
 @click.option(
     "--val",
@@ -266,7 +267,7 @@ def search_cmd(
     )
 
 
-@main.command()
+@main.command(cls=_OneLineUsage)
 @click.option(
     "-o",
     "--output",
