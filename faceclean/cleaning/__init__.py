@@ -4,8 +4,11 @@ Modules: ``filter`` (class centroids and each sample's discriminability; ``facec
 filter``), ``merge`` (classes whose centroids agree are merged; ``faceclean merge``),
 ``clean`` (filter then merge, and write the clean list; ``faceclean clean``),
 ``faiss_backend`` (the exact inner-product search: blocked BLAS or FAISS, CPU or GPU),
-``noise`` (known label noise in, precision/recall out; ``faceclean inject-noise``),
-``evaluate`` (``faceclean evaluate-cleaning``), ``report`` (``faceclean report``).
+``dedup`` (near-duplicate images; ``clean --dedup``), ``overlap`` (training identities that
+are evaluation identities; ``faceclean overlap``, ``clean --exclude``), ``noise`` (known
+label noise in, precision/recall out; ``faceclean inject-noise``), ``evaluate``
+(``faceclean evaluate-cleaning``), ``report`` and ``report_groups`` (``faceclean
+report``).
 
 Exports: ``filter_store``, ``FilterResult``, ``merge_classes``, ``MergeResult``,
 ``inject_noise``, ``write_report``; the pipeline itself is

@@ -1,11 +1,15 @@
 """Stage 1, data in: images and their labels become L2-normalised embeddings in Parquet.
 
-Modules: ``datasets`` (readers for an image folder, ``path label`` lists and InsightFace
-``.rec``), ``recordio`` (MXNet RecordIO without MXNet), ``preprocess`` (decode, resize or
-pad, normalise), ``onnx_model`` (the ONNX face model under onnxruntime), ``store`` (the
-embedding Parquet contract, streamed by row group; atomic writes), ``synthetic``
-(synthetic faces and embeddings for tests and the demo), ``extraction`` (``faceclean
-extract``).
+Modules: ``datasets`` (readers for an image folder, list files and InsightFace/im2rec
+``.rec``), ``listfile`` (the three list layouts, detected or forced), ``recordio`` (MXNet
+RecordIO without MXNet), ``recimages`` (images for a ``.rec`` training tools read),
+``preprocess`` (decode, EXIF, resize or pad, normalise), ``onnx_model`` (the ONNX face
+model under onnxruntime: batch, outputs, layout), ``embed`` (features -> unit
+embeddings, shared by extract and evaluation), ``store`` (the embedding Parquet contract,
+streamed by row group; atomic writes), ``partstore`` (extract's resumable chunks),
+``sharding`` (``extract --shard I/N``), ``extraction`` (``faceclean extract``),
+``detectors`` (YuNet and SCRFD), ``align`` (``faceclean align``), ``synthetic``
+(synthetic faces and embeddings for tests and the demo).
 
 Exports: ``extract``, ``open_dataset``, ``iter_embeddings``, ``read_metadata``,
 ``FaceModel``, ``Preprocessing``, ``PRESETS``.

@@ -130,7 +130,8 @@ def load_run(
                 "command first (or pass --unfinished to use it as it is)",
                 run_dir,
             )
-    model, _ = build(cfg, state["num_classes"])
+    # Only the backbone: the head of a 2M-identity run is a 4 GB matrix nobody needs here.
+    model = build_backbone(cfg)
     model.load_state_dict(state["model"])
     return model.eval(), cfg
 
