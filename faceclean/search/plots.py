@@ -1,4 +1,7 @@
-"""The plots a user looks at after a search (PNG, written beside trials.jsonl)."""
+"""The plots a user looks at after a search (PNG, written beside trials.jsonl).
+
+The three plots are a set: each is rendered under a temporary name and all are renamed
+together at the end, so a killed re-run never leaves a new plot beside an old one."""
 
 from __future__ import annotations
 
@@ -6,17 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from faceclean.data.store import atomic_path
+from faceclean.outputs import commit_files, tmp_sibling
 from faceclean.search.space import TOKENS
 
 
-def _save(fig, path: Path) -> None:
+def _render(fig, path: Path) -> tuple[Path, Path]:
+    """(temporary, final): the figure rendered under the temporary name."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+    tmp = tmp_sibling(path)
+    fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
+    return tmp, path
 
 
 def plot_search(
@@ -33,58 +38,64 @@ def plot_search(
 
     out_dir = Path(out_dir)
     ok = [t for t in trials if t["error"] is None]
-    paths = []
+    paths, rendered = [], []
     if not ok:
         return paths
-    acc = np.array([t["acc"] for t in ok])
-    fig, (ax, ax_h) = plt.subplots(1, 2, figsize=(11, 3.5), width_ratios=(3, 2))
-    ax.scatter([t["trial"] for t in ok], acc, s=8, alpha=0.5, label="sampled trials")
-    window = max(1, min(len(acc) // 2, max(2, len(acc) // 10)))
-    moving = np.convolve(acc, np.ones(window) / window, mode="valid")
-    ax.plot(
-        [t["trial"] for t in ok][window - 1 :],
-        moving,
-        color="#cc3311",
-        label=f"moving average ({window})",
-    )
-    ax.set_xlabel("trial")
-    ax.set_ylabel("ACC")
-    ax.legend()
-    if entropy is None:
-        per_step = {t["step"]: t.get("policy_entropy") for t in trials}
-        entropy = [per_step[k] for k in sorted(per_step)]
-    steps = [i for i, h in enumerate(entropy) if h is not None]
-    if steps:
-        ax_h.plot(steps, [entropy[i] for i in steps], color="#228833")
-    else:
-        ax_h.text(0.5, 0.5, "no policy (random, TPE, Gaussian)", ha="center", va="center")
-    ax_h.set_xlabel("step")
-    ax_h.set_ylabel("policy entropy (nats)")
-    paths.append(out_dir / "accuracy.png")
-    _save(fig, paths[-1])
+    try:
+        acc = np.array([t["acc"] for t in ok])
+        fig, (ax, ax_h) = plt.subplots(1, 2, figsize=(11, 3.5), width_ratios=(3, 2))
+        ax.scatter([t["trial"] for t in ok], acc, s=8, alpha=0.5, label="sampled trials")
+        window = max(1, min(len(acc) // 2, max(2, len(acc) // 10)))
+        moving = np.convolve(acc, np.ones(window) / window, mode="valid")
+        ax.plot(
+            [t["trial"] for t in ok][window - 1 :],
+            moving,
+            color="#cc3311",
+            label=f"moving average ({window})",
+        )
+        ax.set_xlabel("trial")
+        ax.set_ylabel("ACC")
+        ax.legend()
+        if entropy is None:
+            per_step = {t["step"]: t.get("policy_entropy") for t in trials}
+            entropy = [per_step[k] for k in sorted(per_step)]
+        steps = [i for i, h in enumerate(entropy) if h is not None]
+        if steps:
+            ax_h.plot(steps, [entropy[i] for i in steps], color="#228833")
+        else:
+            ax_h.text(0.5, 0.5, "no policy (random, TPE, Gaussian)", ha="center", va="center")
+        ax_h.set_xlabel("step")
+        ax_h.set_ylabel("policy entropy (nats)")
+        paths.append(out_dir / "accuracy.png")
+        rendered.append(_render(fig, paths[-1]))
 
-    fig, axes = plt.subplots(3, 3, figsize=(10, 8))
-    for ax, token in zip(axes.ravel(), TOKENS, strict=True):
-        values = sorted({t[token] for t in ok})
-        means = [np.mean([t["reward"] for t in ok if t[token] == v]) for v in values]
-        ax.bar([f"{v:g}" for v in values], means, color="#4477aa")
-        ax.set_title(token)
-        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-    paths.append(out_dir / "tokens.png")
-    _save(fig, paths[-1])
+        fig, axes = plt.subplots(3, 3, figsize=(10, 8))
+        for ax, token in zip(axes.ravel(), TOKENS, strict=True):
+            values = sorted({t[token] for t in ok})
+            means = [np.mean([t["reward"] for t in ok if t[token] == v]) for v in values]
+            ax.bar([f"{v:g}" for v in values], means, color="#4477aa")
+            ax.set_title(token)
+            ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+        paths.append(out_dir / "tokens.png")
+        rendered.append(_render(fig, paths[-1]))
 
-    best = sorted(ok, key=lambda t: -t["reward"])[:top]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    sc = ax.scatter(
-        [t["data_difficulty"] for t in best],
-        [t["loss_difficulty"] for t in best],
-        c=[t["reward"] for t in best],
-        cmap="viridis",
-    )
-    fig.colorbar(sc, label="reward")
-    ax.set_xlabel("data difficulty 1 - tau_intra + tau_inter")
-    ax.set_ylabel("loss difficulty s_n (m1 - 1 + m2 + m3) / s_p")
-    ax.set_title(f"top {len(best)} trials")
-    paths.append(out_dir / "difficulty.png")
-    _save(fig, paths[-1])
+        best = sorted(ok, key=lambda t: -t["reward"])[:top]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        sc = ax.scatter(
+            [t["data_difficulty"] for t in best],
+            [t["loss_difficulty"] for t in best],
+            c=[t["reward"] for t in best],
+            cmap="viridis",
+        )
+        fig.colorbar(sc, label="reward")
+        ax.set_xlabel("data difficulty 1 - tau_intra + tau_inter")
+        ax.set_ylabel("loss difficulty s_n (m1 - 1 + m2 + m3) / s_p")
+        ax.set_title(f"top {len(best)} trials")
+        paths.append(out_dir / "difficulty.png")
+        rendered.append(_render(fig, paths[-1]))
+    except BaseException:
+        for tmp, _ in rendered:
+            tmp.unlink(missing_ok=True)
+        raise
+    commit_files(rendered)
     return paths
