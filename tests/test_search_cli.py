@@ -3,6 +3,8 @@ options have ranges (one-line errors, nothing written), and a real search with t
 and proxy trials runs end to end and records its proxy settings."""
 
 import inspect
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +13,7 @@ from click.testing import CliRunner
 
 from faceclean.cli import main
 from faceclean.search import search
-from faceclean.search.engine import DEFAULTS
+from faceclean.search.defaults import DEFAULTS
 from faceclean.search.loop import read_log
 
 
@@ -26,6 +28,16 @@ def test_the_cli_defaults_are_the_python_defaults():
     for key, value in DEFAULTS.items():
         assert sig[key].default == value, key
         assert cli[key] == value, key
+
+
+def test_the_cli_reads_the_defaults_without_importing_torch():
+    # Why the defaults live in faceclean.search.defaults and not in the engine.
+    code = (
+        "import sys; from click.testing import CliRunner; from faceclean.cli import main; "
+        "r = CliRunner().invoke(main, ['search', '--help']); "
+        "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize(

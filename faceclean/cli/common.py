@@ -46,6 +46,18 @@ class Finite(click.FloatRange):
         return v
 
 
+class OneLineUsage(click.Command):
+    """Option errors (``--batch-size 0``, ``--std 0``) as one ``Error: ...`` line, exit 2,
+    without the usage block click prints by default."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            e.ctx = None  # no context: click prints the message alone
+            raise
+
+
 # Output-path failures the checks before work cannot foresee (disk full, a quota, a folder
 # made read-only meanwhile): one line naming the file, not a traceback.
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

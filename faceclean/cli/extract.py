@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from faceclean.cli.common import _summary_table, _triple, console, main
+from faceclean.cli.common import OneLineUsage, _summary_table, _triple, console, main
 from faceclean.data.listfile import FORMATS as LIST_FORMATS
 from faceclean.data.preprocess import FITS, PRESETS
 
@@ -27,18 +27,6 @@ def _std(ctx, param, value):
     if parts is not None and not all(math.isfinite(v) and 0 < v <= 1e4 for v in parts):
         raise click.BadParameter("std values must be positive (and at most 10000)")
     return parts
-
-
-class _OneLineUsage(click.Command):
-    """Option errors (``--batch-size 0``, ``--std 0``) as one ``Error: ...`` line, exit 2,
-    without the usage block click prints by default."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            e.ctx = None  # no context: click prints the message alone
-            raise
 
 
 _PREPROCESSING = [
@@ -71,7 +59,7 @@ def preprocessing_options(f):
     return f
 
 
-@main.command(cls=_OneLineUsage)
+@main.command(cls=OneLineUsage)
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option(
     "-m",

@@ -6,42 +6,17 @@ from pathlib import Path
 
 import click
 
-from faceclean.cli.common import console, main
-from faceclean.cli.extract import _OneLineUsage  # option errors as one line, like extract
+from faceclean.cli.common import Finite, OneLineUsage, console, main
 
-# The Python API's defaults (faceclean.search.loop.DEFAULTS), kept literal here so that
-# `faceclean --help` does not import torch; tests/test_search_cli.py checks they agree.
-_D = {
-    "steps": 50,
-    "batch": 8,
-    "method": "ppo",
-    "seed": 0,
-    "alpha": -0.07,
-    "controller_lr": 1e-2,
-    "ppo_epochs": 4,
-    "entropy": 1e-2,
-    "warmup_trials": 16,
-}
+# Not faceclean.search.engine: `faceclean --help` must not import torch.
+from faceclean.search.defaults import DEFAULTS as _D
+from faceclean.search.defaults import METHODS
+
 _POS = click.IntRange(min=1)
 _NONNEG = click.IntRange(min=0)
 
 
-class _FiniteFloat(click.ParamType):
-    name = "float"
-
-    def __init__(self, lo=None, hi=None, min_open=False):
-        self.range = click.FloatRange(lo, hi, min_open=min_open)
-
-    def convert(self, value, param, ctx):
-        import math
-
-        v = self.range.convert(value, param, ctx)
-        if not math.isfinite(v):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return v
-
-
-@main.command("search", cls=_OneLineUsage)
+@main.command("search", cls=OneLineUsage)
 @click.argument("embeddings", type=click.Path(path_type=Path))
 @click.option(
     "--val",
@@ -86,7 +61,7 @@ class _FiniteFloat(click.ParamType):
 )
 @click.option(
     "--method",
-    type=click.Choice(["ppo", "random", "tpe", "gaussian"]),
+    type=click.Choice(METHODS),
     default=_D["method"],
     show_default=True,
     help="ppo: the paper's RL controller; random; tpe (Optuna); gaussian: Search-Softmax's "
@@ -95,14 +70,14 @@ class _FiniteFloat(click.ParamType):
 @click.option(
     "--alpha",
     default=_D["alpha"],
-    type=_FiniteFloat(-10, 10),
+    type=Finite(-10, 10),
     show_default=True,
     help="Reward = ACC * (MACs / base MACs)^alpha.",
 )
 @click.option(
     "--controller-lr",
     default=_D["controller_lr"],
-    type=_FiniteFloat(0, 1, min_open=True),
+    type=Finite(0, 1, min_open=True),
     show_default=True,
     help="Adam learning rate of the PPO controller.",
 )
@@ -116,7 +91,7 @@ class _FiniteFloat(click.ParamType):
 @click.option(
     "--entropy",
     default=_D["entropy"],
-    type=_FiniteFloat(0, 10),
+    type=Finite(0, 10),
     show_default=True,
     help="Entropy bonus of the controller (per token, nats).",
 )
@@ -137,7 +112,7 @@ class _FiniteFloat(click.ParamType):
 @click.option(
     "--gpus-per-trial",
     default=1.0,
-    type=_FiniteFloat(0, 64, min_open=True),
+    type=Finite(0, 64, min_open=True),
     show_default=True,
     help="With --ray-address on GPUs: 0.5 runs at most two trials per GPU.",
 )
@@ -156,7 +131,7 @@ class _FiniteFloat(click.ParamType):
 @click.option(
     "--lr",
     default=0.1,
-    type=_FiniteFloat(0, 100, min_open=True),
+    type=Finite(0, 100, min_open=True),
     show_default=True,
     help="Learning rate of each trial's training.",
 )
@@ -164,7 +139,7 @@ class _FiniteFloat(click.ParamType):
     "--far",
     "fars",
     multiple=True,
-    type=_FiniteFloat(0, 1, min_open=True),
+    type=Finite(0, 1, min_open=True),
     default=(1e-3, 1e-4, 1e-5),
     show_default=True,
     help="FARs of ACC (weights 0.5/0.25/0.25 for three).",
@@ -267,7 +242,7 @@ def search_cmd(
     )
 
 
-@main.command(cls=_OneLineUsage)
+@main.command(cls=OneLineUsage)
 @click.option(
     "-o",
     "--output",

@@ -30,27 +30,13 @@ import torch
 
 from faceclean.errors import FacecleanError
 from faceclean.search.controller import PPO, Controller, one_thread
+from faceclean.search.defaults import DEFAULTS, METHODS
 from faceclean.search.methods import GaussianSearch, make_pool, run_trial, tpe_study
 from faceclean.search.space import TOKENS, SearchSpace, difficulty
 from faceclean.search.state import load_state, save_state
 from faceclean.search.trial_log import append_record, read_log
 
 TrialFn = Callable[[dict, int], dict]
-METHODS = ("ppo", "random", "tpe", "gaussian")
-# The defaults of the Python API and of `faceclean search` (the CLI reads them from here).
-# Controller settings measured with benchmarks/bench_search.py (see README).
-DEFAULTS = {
-    "steps": 50,
-    "batch": 8,
-    "method": "ppo",
-    "seed": 0,
-    "alpha": -0.07,
-    "controller_lr": 1e-2,
-    "ppo_epochs": 4,
-    "entropy": 1e-2,
-    "warmup_trials": 16,
-}
-
 __all__ = ["DEFAULTS", "METHODS", "SearchResult", "read_log", "reward", "search"]
 
 
