@@ -177,6 +177,9 @@ def run_demo(
         seed=seed,
         resume=(output / "search" / "state.pt").exists(),
         console=console,
+        # One step of uniform warm-up: the search's default (16 trials) would be the whole
+        # of a demo-sized budget, and the controller would never update.
+        controller={"warmup_trials": batch},
     )
     console.rule("artefacts")
     for name, path in [

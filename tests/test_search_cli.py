@@ -160,3 +160,16 @@ def test_two_worker_proxy_search_end_to_end_then_overwrite(tmp_path):
     fresh = CliRunner().invoke(main, [*args, "--overwrite", "--seed", "1"])
     assert fresh.exit_code == 0, fresh.output
     assert [t["seed"] for t in read_log(out)] == [1_000_003, 1_000_004]
+
+
+def test_the_demo_search_warms_up_for_one_step_only(tmp_path, tiny_model, monkeypatch):
+    # With the search's default 16 warm-up trials a 3 x 2 demo would never update PPO.
+    from rich.console import Console
+
+    import faceclean.search.loop
+    from faceclean.demo import run_demo
+
+    seen = {}
+    monkeypatch.setattr(faceclean.search.loop, "run_search", lambda *a, **kw: seen.update(kw) or {})
+    run_demo(tmp_path / "demo", 8, 6, 0, Console(quiet=True), tiny_model, steps=3, batch=2)
+    assert seen["controller"]["warmup_trials"] == seen["batch"] == 2
