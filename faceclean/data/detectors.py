@@ -29,7 +29,7 @@ import onnx
 import onnxruntime as ort
 from PIL import Image
 
-from faceclean.data.onnx_model import providers_for
+from faceclean.data.onnx_model import load_onnx, providers_for
 from faceclean.errors import FacecleanError
 
 STRIDES = (8, 16, 32)
@@ -169,14 +169,7 @@ class FaceDetector:
         nms_iou: float = 0.4,
     ):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FacecleanError("detector model file not found", self.path)
-        try:
-            model = onnx.load(str(self.path))
-        except Exception as e:  # protobuf raises several types for garbage
-            raise FacecleanError(
-                f"not a valid ONNX model ({type(e).__name__})", self.path
-            ) from None
+        model = load_onnx(self.path, "detector model")
         self.kind, self.names = read_layout(model, self.path)
         initializers = {i.name for i in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in initializers]

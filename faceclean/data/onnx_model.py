@@ -48,6 +48,17 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def load_onnx(path: Path, what: str) -> onnx.ModelProto:
+    """The ONNX model at ``path``; a one-line error naming the file when it is missing
+    ("<what> file not found") or not ONNX."""
+    if not path.is_file():
+        raise FacecleanError(f"{what} file not found", path)
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # protobuf raises several types for garbage
+        raise FacecleanError(f"not a valid ONNX model ({type(e).__name__})", path) from None
+
+
 def _dim(d) -> int | None:
     """A dimension's fixed size, or None when it is free (symbolic, unset, or written as
     -1 / 0 as paddle2onnx and some TensorFlow exports do)."""
@@ -115,14 +126,7 @@ class FaceModel:
         output: str | None = None,
     ):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FacecleanError("model file not found", self.path)
-        try:
-            model = onnx.load(str(self.path))
-        except Exception as e:  # protobuf raises several types for garbage
-            raise FacecleanError(
-                f"not a valid ONNX model ({type(e).__name__})", self.path
-            ) from None
+        model = load_onnx(self.path, "model")
         if not model.graph.node:
             raise FacecleanError("not a valid ONNX model (empty graph)", self.path)
         self.sha256 = file_sha256(self.path)
