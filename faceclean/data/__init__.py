@@ -7,6 +7,7 @@ RecordIO without MXNet), ``recimages`` (images for a ``.rec`` training tools rea
 model under onnxruntime: batch, outputs, layout), ``embed`` (features -> unit
 embeddings, shared by extract and evaluation), ``store`` (the embedding Parquet contract,
 streamed by row group; atomic writes), ``partstore`` (extract's resumable chunks),
+``parallel`` (in-order reads on a thread pool, a bounded window ahead),
 ``sharding`` (``extract --shard I/N``), ``extraction`` (``faceclean extract``),
 ``detectors`` (YuNet and SCRFD), ``align`` (``faceclean align``), ``synthetic``
 (synthetic faces and embeddings for tests and the demo).

@@ -20,7 +20,6 @@ import io
 import os
 import shutil
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image
 
 from faceclean.data.datasets import FaceDataset, open_dataset
 from faceclean.data.detectors import FaceDetector, Faces
+from faceclean.data.parallel import ordered_map
 from faceclean.data.recordio import write_face_rec
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
@@ -292,32 +292,13 @@ def align(
     failures: list[tuple[str, int, str]] = []
     residuals: list[float] = []
     bar = RowProgress(progress, "align", n, resumed, unit="img")
+
+    def align_one(i: int):
+        return _align_one(ds, i, rel_of(i), out_root, det, pick, min_size, min_score, size, refine)
+
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="align") as pool:
-            inflight: deque = deque()
-            queue = iter(todo)
-            while True:
-                while len(inflight) < 4 * workers:
-                    i = next(queue, None)
-                    if i is None:
-                        break
-                    args = (
-                        ds,
-                        i,
-                        rel_of(i),
-                        out_root,
-                        det,
-                        pick,
-                        min_size,
-                        min_score,
-                        size,
-                        refine,
-                    )
-                    inflight.append((i, pool.submit(_align_one, *args)))
-                if not inflight:
-                    break
-                i, fut = inflight.popleft()
-                _, res, err = fut.result()
+            for i, (_, res, err) in ordered_map(pool, align_one, todo, 4 * workers):
                 if err:
                     failures.append((ds.path(i), int(ds.labels[i]), err))
                 residuals += res

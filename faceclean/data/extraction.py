@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from faceclean import __version__
 from faceclean.data.datasets import FaceDataset, open_dataset
 from faceclean.data.embed import embed_batch
 from faceclean.data.onnx_model import FaceModel
+from faceclean.data.parallel import ordered_map
 from faceclean.data.partstore import PART_KEY, PartStore
 from faceclean.data.preprocess import (
     PRESETS,
@@ -294,20 +294,10 @@ def extract(
     remaining = {c: -(-(e - s) // batch_size) for c, (s, e) in bounds.items()}
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-            inflight: deque = deque()
-            queue = iter(batches)
-            while True:
-                while len(inflight) < 2 * workers:
-                    nxt = next(queue, None)
-                    if nxt is None:
-                        break
-                    inflight.append(
-                        (nxt[0], len(nxt[1]), pool.submit(_decode_batch, ds, nxt[1], spec))
-                    )
-                if not inflight:
-                    break
-                c, size, fut = inflight.popleft()
-                x, ok, failures, resized = fut.result()
+            decoded = ordered_map(
+                pool, lambda b: _decode_batch(ds, b[1], spec), batches, 2 * workers
+            )
+            for (c, rows), (x, ok, failures, resized) in decoded:
                 emb, norms = (
                     embed_batch(fm, x, flip) if len(x) else (np.empty((0, fm.dim)), np.empty(0))
                 )
@@ -323,7 +313,7 @@ def extract(
                 if failed > max_failures * total:  # no later success can bring it back
                     _too_many_failures(ds, failed, total, max_failures, failures)
                 per_chunk[c].append((ok[finite], emb[finite], norms[finite], failures, resized))
-                bar.advance(size)
+                bar.advance(len(rows))
                 remaining[c] -= 1
                 if remaining[c] == 0:
                     store.write_chunk(c, _chunk_table(ds, per_chunk.pop(c), schema))
