@@ -197,96 +197,69 @@ def clean(
         data_root = read_metadata(embeddings[0]).get("dataset")
     inputs = [*embeddings, data_root]
     with writing(out, overwrite=overwrite, inputs=inputs, folder=True, wait=wait) as tmp:
-        r = _clean(
-            embeddings,
-            tmp,
-            tau_intra,
-            tau_inter,
-            fmt,
-            max_group_size,
-            loo_below,
-            data_root,
-            device,
-            batch_rows,
-            backend,
-            (exclude, dedup, dedup_keep),
+        given = embeddings
+        # --exclude / --dedup-keep: clean a copy without the dropped rows (deleted below).
+        embeddings, restricted = restrict_inputs(
+            given, tmp, exclude, dedup, dedup_keep, device, backend
         )
+        clean_name = {"parquet": "clean.parquet", "lst": "clean.lst", "rec": "train.rec"}[fmt]
+        paths = {
+            "scores": tmp / "scores.parquet",
+            "merges": tmp / "merges.parquet",
+            "pairs": tmp / "pairs.parquet",
+            "clean": tmp / clean_name,
+            "summary": tmp / "summary.json",
+        }
+        fr = filter_store(
+            embeddings,
+            tau_intra,
+            paths["scores"],
+            loo_below=loo_below,
+            batch_rows=batch_rows,
+            device=device,
+            backend=backend,
+        )
+        fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
+        mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
+        for key in ("merges", "pairs"):
+            with atomic_path(paths[key]) as part:
+                pq.write_table(mr.table if key == "merges" else mr.pairs, part)
+        mapping = new_labels(fr.kept_counts, mr.merged_label)
+        rows = write_clean_list(
+            paths["scores"],
+            mapping,
+            paths["clean"],
+            fmt,
+            Path(data_root) if data_root else None,
+            read_metadata(given[0]).get("preprocessing") if fmt == "rec" else None,
+        )
+        if embeddings != given:
+            embeddings[0].unlink()
+        summary = {
+            "embeddings": [str(e) for e in given],
+            "tau_intra": tau_intra,
+            "tau_inter": tau_inter,
+            "max_group_size": max_group_size,
+            "loo_below": loo_below,
+            "samples": fr.num_samples,
+            "kept": fr.num_kept,
+            "dropped": fr.num_samples - fr.num_kept,
+            "classes": fr.num_classes,
+            "singleton_classes": fr.num_singletons,
+            "classes_emptied_by_filter": fr.num_emptied,
+            "merged_groups": len(mr.groups),
+            "classes_in_merged_groups": mr.classes_in_groups,
+            "merged_share": round(mr.merged_share, 4),
+            "warning": mr.warning,
+            "groups_split_by_guard": mr.num_split_groups,
+            "largest_groups": mr.groups[:10],
+            "clean_rows": rows,
+            "clean_classes": int(mapping.max() + 1) if (mapping >= 0).any() else 0,
+            "search_backend": fr.device,
+            **restricted,
+        }
+        with atomic_path(paths["summary"]) as part:
+            part.write_text(json.dumps(summary, indent=2))
+        r = CleanResult(fr, mr, rows, summary["clean_classes"], paths, summary)
     r.outputs = {k: out / p.name for k, p in r.outputs.items()}
     return r
-
-
-def _clean(
-    embeddings,
-    out,
-    tau_intra,
-    tau_inter,
-    fmt,
-    max_group_size,
-    loo_below,
-    data_root,
-    device,
-    batch_rows,
-    backend,
-    restrict=(None, None, False),
-) -> CleanResult:
-    given = embeddings
-    # --exclude / --dedup-keep: clean a copy without the dropped rows (deleted below).
-    embeddings, restricted = restrict_inputs(given, out, *restrict, device, backend)
-    paths = {
-        "scores": out / "scores.parquet",
-        "merges": out / "merges.parquet",
-        "pairs": out / "pairs.parquet",
-        "clean": out / {"parquet": "clean.parquet", "lst": "clean.lst", "rec": "train.rec"}[fmt],
-        "summary": out / "summary.json",
-    }
-    fr = filter_store(
-        embeddings,
-        tau_intra,
-        paths["scores"],
-        loo_below=loo_below,
-        batch_rows=batch_rows,
-        device=device,
-        backend=backend,
-    )
-    fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
-    mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
-    for key in ("merges", "pairs"):
-        with atomic_path(paths[key]) as tmp:
-            pq.write_table(mr.table if key == "merges" else mr.pairs, tmp)
-    mapping = new_labels(fr.kept_counts, mr.merged_label)
-    rows = write_clean_list(
-        paths["scores"],
-        mapping,
-        paths["clean"],
-        fmt,
-        Path(data_root) if data_root else None,
-        read_metadata(given[0]).get("preprocessing") if fmt == "rec" else None,
-    )
-    if embeddings != given:
-        embeddings[0].unlink()
-    summary = {
-        "embeddings": [str(e) for e in given],
-        "tau_intra": tau_intra,
-        "tau_inter": tau_inter,
-        "max_group_size": max_group_size,
-        "loo_below": loo_below,
-        "samples": fr.num_samples,
-        "kept": fr.num_kept,
-        "dropped": fr.num_samples - fr.num_kept,
-        "classes": fr.num_classes,
-        "singleton_classes": fr.num_singletons,
-        "classes_emptied_by_filter": fr.num_emptied,
-        "merged_groups": len(mr.groups),
-        "classes_in_merged_groups": mr.classes_in_groups,
-        "merged_share": round(mr.merged_share, 4),
-        "warning": mr.warning,
-        "groups_split_by_guard": mr.num_split_groups,
-        "largest_groups": mr.groups[:10],
-        "clean_rows": rows,
-        "clean_classes": int(mapping.max() + 1) if (mapping >= 0).any() else 0,
-        "search_backend": fr.device,
-        **restricted,
-    }
-    with atomic_path(paths["summary"]) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    return CleanResult(fr, mr, rows, summary["clean_classes"], paths, summary)
