@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from helpers import lock_held
 
 from faceclean.errors import FacecleanError
 from faceclean.outputs import (
@@ -113,29 +113,10 @@ def test_a_swap_killed_between_its_renames_is_repaired(tmp_path):
 
 def test_second_writer_is_refused_naming_the_holder_pid(tmp_path):
     out = tmp_path / "cleaned"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(f"""
-                import sys, time
-                from faceclean.outputs import output_lock
-                with output_lock({str(out)!r}):
-                    print("locked", flush=True)
-                    time.sleep(60)
-            """),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held(out) as holder:
         with pytest.raises(FacecleanError, match=f"another process \\(PID {holder.pid}\\)"):
             with writing(out, overwrite=True, folder=True):
                 pass
-    finally:
-        holder.kill()
-        holder.wait()
     # the kernel dropped the dead holder's lock: its lock file is taken over
     assert lock_path(out).exists() and lock_path(out).read_text().strip() == str(holder.pid)
     with writing(out, overwrite=True, folder=True) as tmp:
@@ -158,21 +139,9 @@ def test_commit_files_never_leaves_a_new_file_beside_an_old_companion(tmp_path):
 
 def test_a_writer_may_wait_for_the_holder_instead_of_failing(tmp_path):
     out = tmp_path / "cleaned"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time\nfrom faceclean.outputs import output_lock\n"
-            f"with output_lock({str(out)!r}):\n    print('locked', flush=True)\n"
-            "    time.sleep(0.5)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "locked"
-    with writing(out, overwrite=False, folder=True, wait=60) as tmp:
-        (tmp / "done").write_text("1")
-    holder.wait()
+    with lock_held(out, seconds=0.5):  # released while the writer waits
+        with writing(out, overwrite=False, folder=True, wait=60) as tmp:
+            (tmp / "done").write_text("1")
     assert (out / "done").exists()
 
 

@@ -10,13 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from helpers import one_error_line, run
 
 import faceclean.cleaning.clean as clean_module
 from faceclean.cleaning.clean import clean
 from faceclean.cleaning.filter import filter_store
 from faceclean.cleaning.merge import merge_classes
-from faceclean.cli import main
 from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
 from faceclean.errors import FacecleanError
 
@@ -25,21 +24,6 @@ from faceclean.errors import FacecleanError
 def store(tmp_path):
     x, y = clustered_embeddings(12, 8, 16, spread=0.5, seed=3)
     return write_embedding_store(tmp_path / "e.parquet", x, y)
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, *needles):
-    """Exit 2, no traceback, and one ``error:`` line holding every needle."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.lower().startswith("error")]
-    assert len(lines) == 1, result.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def listing(folder):

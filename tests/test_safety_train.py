@@ -8,18 +8,14 @@ import io
 import json
 import os
 import pickle
-import subprocess
-import sys
-import textwrap
 from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import lock_held, one_error_line, run
 from PIL import Image
 
-from faceclean.cli import main
 from faceclean.data.synthetic import make_face_folder
 from faceclean.errors import FacecleanError
 from faceclean.training.run import TrainConfig, build, load_run
@@ -56,19 +52,6 @@ def fake_run(folder, faces, epoch=2, epochs=2, payload=None):
         state["extra"] = payload
     torch.save(state, folder / "checkpoint.pt")
     return folder
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, *needles):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.lower().startswith("error")]
-    assert len(lines) == 1, result.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_a_crafted_checkpoint_never_runs_its_payload(tmp_path, faces):
@@ -161,27 +144,8 @@ def test_train_overwrite_keeps_the_old_run_until_the_new_one_is_complete(tmp_pat
 
 def test_a_second_trainer_on_one_run_folder_is_refused(tmp_path, faces):
     out = tmp_path / "run"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(f"""
-                import time
-                from faceclean.outputs import output_lock
-                with output_lock({str(out)!r}):
-                    print("locked", flush=True)
-                    time.sleep(60)
-            """),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held(out) as holder:
         one_error_line(run("train", faces, "-o", out), f"PID {holder.pid}")
-    finally:
-        holder.kill()
-        holder.wait()
     assert not (out / "config.json").exists()
 
 
