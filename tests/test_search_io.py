@@ -68,41 +68,19 @@ def test_resume_refuses_other_inputs_and_another_batch(tmp_path, space):
     run = tmp_path / "s"
     search(space, obj, run, steps=2, batch=4, fingerprints={"embeddings": "a", "val": "v"})
     before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    def resume(space=space, batch=4, embeddings="a"):
+        fingerprints = {"embeddings": embeddings, "val": "v"}
+        return search(space, obj, run, steps=4, batch=batch, resume=True, fingerprints=fingerprints)
+
     with pytest.raises(FacecleanError, match="the embeddings differ"):
-        search(
-            space,
-            obj,
-            run,
-            steps=4,
-            batch=4,
-            resume=True,
-            fingerprints={"embeddings": "b", "val": "v"},
-        )
+        resume(embeddings="b")
     with pytest.raises(FacecleanError, match="was run with --batch 4; resume with the same"):
-        search(
-            space,
-            obj,
-            run,
-            steps=4,
-            batch=8,
-            resume=True,
-            fingerprints={"embeddings": "a", "val": "v"},
-        )
+        resume(batch=8)
     with pytest.raises(FacecleanError, match="another search space"):
-        search(
-            space.restrict("loss"),
-            obj,
-            run,
-            steps=4,
-            batch=4,
-            resume=True,
-            fingerprints={"embeddings": "a", "val": "v"},
-        )
+        resume(space=space.restrict("loss"))
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
-    r = search(
-        space, obj, run, steps=4, batch=4, resume=True, fingerprints={"embeddings": "a", "val": "v"}
-    )
-    assert len(r.trials) == 16
+    assert len(resume().trials) == 16
 
 
 def test_a_torn_last_line_is_truncated_with_a_warning_and_rerun(tmp_path, space):
