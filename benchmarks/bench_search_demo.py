@@ -13,11 +13,10 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from table1 import ARMS, Table1
 
 from faceclean.demo import DEMO_FARS, DEMO_TRIAL, run_demo
-from faceclean.search.loop import run_search
-from faceclean.search.space import BASELINE, TOKENS
-from faceclean.search.trial import FaceTrial
+from faceclean.search.space import TOKENS
 
 
 def main() -> None:
@@ -39,34 +38,21 @@ def main() -> None:
         run_demo(args.dir, 40, 12, args.seed, quiet, steps=1, batch=1)
     noisy, val, root = args.dir / "noisy.parquet", args.dir / "val", args.dir / "train"
     rows = []
-    longer = FaceTrial(
-        str(noisy),
-        str(val),
-        str(args.dir / "table1" / "baseline"),
-        str(root),
-        {**DEMO_TRIAL, "epochs": args.retrain_epochs, "max_steps": None},
+    t1 = Table1(
+        noisy,
+        val,
+        root,
         DEMO_FARS,
+        args.steps,
+        args.batch,
+        args.retrain_epochs,
+        args.warmup_trials,
     )
-    base = longer(dict(BASELINE), args.seed, run_name="baseline")
-    rows.append(("baseline", 0, None, base["acc"]))
-    for aspects in ("data", "loss", "backbone", "all"):
-        out = args.dir / "table1" / aspects
-        summary = run_search(
-            noisy,
-            val,
-            out,
-            data_root=root,
-            steps=args.steps,
-            batch=args.batch,
-            aspects=aspects,
-            train_kwargs=DEMO_TRIAL,
-            fars=DEMO_FARS,
-            retrain_top=1,
-            retrain_epochs=args.retrain_epochs,
-            seed=args.seed,
-            resume=(out / "state.pt").exists(),
-            controller={"warmup_trials": args.warmup_trials},
-        )
+    retrain_kwargs = {**DEMO_TRIAL, "epochs": args.retrain_epochs, "max_steps": None}
+    base = t1.baseline(args.dir / "table1" / "baseline", retrain_kwargs, args.seed, "baseline")
+    rows.append(("baseline", 0, None, base))
+    for aspects in ARMS:
+        summary = t1.arm(args.dir / "table1" / aspects, aspects, DEMO_TRIAL, args.seed)
         best = summary["retrained"][0]
         rows.append(
             (

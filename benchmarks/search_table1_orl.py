@@ -27,19 +27,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from rich.console import Console
+from table1 import ARMS, Table1
 
 from faceclean.cleaning.noise import inject_noise
 from faceclean.data import extract
 from faceclean.data.store import write_tables
-from faceclean.search.loop import run_search
-from faceclean.search.space import BASELINE
-from faceclean.search.trial import FaceTrial
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ORL = SHARED / "data" / "orl_faces"
 MODEL = SHARED / "models" / "mobilefacenet-foamliu.onnx"
 FARS = (1e-2, 1e-3)
-ARMS = ("data", "loss", "backbone", "all")
 
 
 def prepare(work: Path, seed: int = 0) -> tuple[Path, Path, Path]:
@@ -90,31 +87,16 @@ def main() -> None:
     }
     retrain_kwargs = {**trial_kwargs, "epochs": args.retrain_epochs, "max_steps": None}
     acc: dict[str, list[float]] = {a: [] for a in ("baseline", *ARMS)}
+    t1 = Table1(
+        noisy, val, root, FARS, args.steps, args.batch, args.retrain_epochs, args.warmup_trials
+    )
     t0 = time.perf_counter()
     for seed in range(args.seeds):
-        base = FaceTrial(
-            str(noisy), str(val), str(args.dir / "baseline"), str(root), retrain_kwargs, FARS
+        acc["baseline"].append(
+            t1.baseline(args.dir / "baseline", retrain_kwargs, seed, f"seed{seed}")
         )
-        acc["baseline"].append(base(dict(BASELINE), seed, run_name=f"seed{seed}")["acc"])
         for arm in ARMS:
-            out = args.dir / f"{arm}-seed{seed}"
-            summary = run_search(
-                noisy,
-                val,
-                out,
-                data_root=root,
-                steps=args.steps,
-                batch=args.batch,
-                aspects=arm,
-                train_kwargs=trial_kwargs,
-                fars=FARS,
-                retrain_top=1,
-                retrain_epochs=args.retrain_epochs,
-                seed=seed,
-                console=quiet,
-                resume=(out / "state.pt").exists(),
-                controller={"warmup_trials": args.warmup_trials},
-            )
+            summary = t1.arm(args.dir / f"{arm}-seed{seed}", arm, trial_kwargs, seed, quiet)
             acc[arm].append(summary["retrained"][0]["retrained_acc"])
         print(
             f"seed {seed} done ({time.perf_counter() - t0:.0f} s): "
