@@ -173,3 +173,40 @@ def test_the_demo_search_warms_up_for_one_step_only(tmp_path, tiny_model, monkey
     monkeypatch.setattr(faceclean.search.loop, "run_search", lambda *a, **kw: seen.update(kw) or {})
     run_demo(tmp_path / "demo", 8, 6, 0, Console(quiet=True), tiny_model, steps=3, batch=2)
     assert seen["controller"]["warmup_trials"] == seen["batch"] == 2
+
+
+def test_a_search_whose_every_trial_fails_exits_non_zero(tmp_path, monkeypatch):
+    import faceclean.search.trial
+
+    def broken(self, combo, seed, run_name=None):
+        raise ValueError("Expected more than 1 value per channel")
+
+    monkeypatch.setattr(faceclean.search.trial.FaceTrial, "__call__", broken)
+    store, val_dir, train_dir = _store(tmp_path)
+    out = tmp_path / "run"
+    args = ["search", str(store), "--val", str(val_dir), "--data", str(train_dir), "-o",
+            str(out), "--steps", "1", "--batch", "2", "--input-size", "56"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "every one of the 2 trials failed" in result.output
+    assert "more than 1 value per channel" in result.output
+    assert len(read_log(out)) == 2  # the log of what failed is kept for the user
+    assert not (out / "accuracy.png").exists()
+
+
+def test_search_batch_size_one_is_refused_before_any_trial(tmp_path):
+    out = tmp_path / "run"
+    base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path), "-o", str(out)]
+    result = CliRunner().invoke(main, [*base, "--batch-size", "1"])
+    assert result.exit_code == 2 and "--batch-size" in result.output
+    assert not out.exists()
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("faceclean.demo.run_demo", interrupted)
+    result = CliRunner().invoke(main, ["demo", "-o", "x"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.output and "run the same command again" in result.output

@@ -45,6 +45,11 @@ class Finite(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return v
 
+    def _describe_range(self) -> str:
+        if self.min is None and self.max is None:
+            return "finite"  # click would print "x<=None"
+        return super()._describe_range()
+
 
 class OneLineUsage(click.Command):
     """Option errors (``--batch-size 0``, ``--std 0``) as one ``Error: ...`` line, exit 2,
@@ -70,11 +75,20 @@ def _error(message: str) -> None:
 
 class _Group(click.Group):
     """Turns FacecleanError (and out-of-space or permission errors) into one red line
-    and exit status 2."""
+    and exit status 2, and Ctrl-C into a line saying how to resume, exit status 130."""
+
+    command_class = OneLineUsage  # option errors as one line on every verb
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            console.print(
+                "[bold yellow]interrupted:[/] finished work is kept (extract chunks, train "
+                "epochs, search trials); run the same command again to resume",
+                highlight=False,
+            )
+            sys.exit(130)
         except FacecleanError as e:
             _error(str(e))
         except OSError as e:
@@ -90,10 +104,12 @@ def main() -> None:
 
     \b
     Stages, one verb each:
+      align              raw photos -> ArcFace-aligned 112x112 crops (ONNX detector)
       extract            images -> L2-normalised embeddings (Parquet), ONNX face model
       filter             score every sample's discriminability, drop D < tau_intra
       merge              unite classes whose centroids have cosine > tau_inter
       clean              filter + merge + the clean list training reads
+      overlap            training identities that are evaluation identities
       inject-noise       corrupt a clean embedding store with known label noise
       report             D histogram, drops per class, merged groups, contact sheet
       evaluate-cleaning  precision/recall of a clean against the injected truth
@@ -102,6 +118,7 @@ def main() -> None:
       export             a trained run -> ONNX that extract reads without flags
       search             the joint RL search over cleaning, loss and backbone
       demo               the whole pipeline on synthetic faces with known noise
+      doctor             versions, GPUs, and a CPU-vs-GPU equality check
     """
 
 

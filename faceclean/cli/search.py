@@ -127,7 +127,13 @@ _NONNEG = click.IntRange(min=0)
     type=click.IntRange(min=2),
     help="Proxy mode: each trial trains on a seeded subset of this many identities.",
 )
-@click.option("--batch-size", default=64, type=_POS, show_default=True)
+@click.option(
+    "--batch-size",
+    default=64,
+    type=click.IntRange(min=2),
+    show_default=True,
+    help="Images per training step of each trial (BatchNorm needs two).",
+)
 @click.option(
     "--lr",
     default=0.1,

@@ -226,6 +226,13 @@ def run_search(
         finally:
             if live is not None:
                 live.stop()
+        if result.trials and all(t["error"] is not None for t in result.trials):
+            # A search of nothing but failures has no answer: say why instead of exit 0.
+            raise FacecleanError(
+                f"every one of the {len(result.trials)} trials failed; the first: "
+                f"{result.trials[0]['error']} (log kept in trials.jsonl)",
+                output,
+            )
         plots = plot_search(result.trials, output, result.entropy)
         summary = {
             "trials": len(result.trials),
