@@ -343,3 +343,19 @@ def test_search_softmax_mode_trains_copies_and_keeps_the_best(sets, tmp_path):
     assert load_run(tmp_path / "run")[1].loss_kwargs["a"] == pytest.approx(best["a"])
     bad = CliRunner().invoke(main, args[:-4] + ["-o", str(tmp_path / "r2")])
     assert bad.exit_code == 2 and "--search-copies needs --val" in bad.output
+
+
+def test_a_clean_list_reads_its_images_from_the_recorded_dataset(faces, tiny_model, tmp_path):
+    # `faceclean train cleaned/clean.parquet` after `faceclean clean` needs no --data.
+    from faceclean.cleaning.clean import clean
+    from faceclean.training.train import read_clean_list
+
+    emb = tmp_path / "e.parquet"
+    extract(faces, tiny_model, emb, progress=False)
+    cleaned = clean(emb, tmp_path / "cleaned", 0.0, 0.99)
+    paths, _, root = read_clean_list(cleaned.outputs["clean"])
+    assert root.resolve() == faces.resolve()
+    assert all((root / p).is_file() for p in paths)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert read_clean_list(cleaned.outputs["clean"], other)[2] == other  # --data wins

@@ -237,6 +237,8 @@ def clean(
             embeddings[0].unlink()
         summary = {
             "embeddings": [str(e) for e in given],
+            # The image root training reads the list against (absolute since extract 0.2).
+            "dataset": str(data_root or read_metadata(given[0]).get("dataset") or "") or None,
             "tau_intra": tau_intra,
             "tau_inter": tau_inter,
             "max_group_size": max_group_size,

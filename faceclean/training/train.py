@@ -44,6 +44,17 @@ from faceclean.training.run import (
 from faceclean.training.teacher import TeacherFilter
 
 
+def _recorded_root(clean_list: Path) -> Path | None:
+    """The image root `faceclean clean` recorded beside its list (the dataset the
+    embeddings were extracted from), so that ``train`` needs no ``--data`` after ``clean``."""
+    summary = clean_list.parent / "summary.json"
+    try:
+        root = json.loads(summary.read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(root) if root and Path(root).is_dir() else None
+
+
 def read_clean_list(path: str | Path, data_root: str | Path | None = None):
     """(paths, labels int64, image root) from a clean list: Parquet with ``path``/``label``,
     ``path label`` lines, a .rec, or an image folder."""
@@ -53,7 +64,7 @@ def read_clean_list(path: str | Path, data_root: str | Path | None = None):
     if path.suffix == ".parquet":
         table = pq.read_table(path, columns=["path", "label"])
         paths, labels = table["path"].to_pylist(), table["label"].to_numpy().astype(np.int64)
-        root = Path(data_root) if data_root else path.parent
+        root = Path(data_root) if data_root else _recorded_root(path) or path.parent
     elif path.suffix in (".lst", ".txt"):
         # Keep the labels as written: a clean list's labels are already the training ids.
         paths, labels = [], []
@@ -70,7 +81,7 @@ def read_clean_list(path: str | Path, data_root: str | Path | None = None):
                     ) from None
                 paths.append(p)
         labels = np.asarray(labels, np.int64)
-        root = Path(data_root) if data_root else path.parent
+        root = Path(data_root) if data_root else _recorded_root(path) or path.parent
     else:
         ds = open_dataset(path, data_root)
         paths, labels, root = ds.paths.to_pylist(), ds.labels, ds.root
@@ -179,7 +190,8 @@ def train(
     missing = [p for p in paths[:100_000] if "#" not in p and not (Path(root) / p).is_file()]
     if missing:
         raise FacecleanError(
-            f"{len(missing)} image(s) of the list are missing, e.g. {Path(root) / missing[0]}",
+            f"{len(missing)} image(s) of the list are missing, e.g. {Path(root) / missing[0]} "
+            "(image paths are relative to --data, the image root)",
             cfg.clean_list,
         )
     world = int(os.environ.get("WORLD_SIZE", 1))
