@@ -278,3 +278,16 @@ def test_align_cli_refuses_an_unknown_detector(tmp_path, faces):
         main, ["align", str(faces), "-o", str(tmp_path / "o"), "--detector", str(model)]
     )
     assert res.exit_code == 2 and "boxes.onnx" in res.output and "not a face detector" in res.output
+
+
+def test_an_undecodable_photo_is_a_failure_with_a_reason_a_person_reads(tmp_path):
+    from faceclean.data.align import _align_one
+
+    class OneFile:
+        def read(self, i):
+            return b"this is text, not a photo"
+
+    written, residuals, error = _align_one(
+        OneFile(), 0, "x/a.jpg", tmp_path, None, "largest", 0, 0.5, 112, False
+    )
+    assert (written, residuals, error) == ([], [], "not an image")

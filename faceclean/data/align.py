@@ -16,7 +16,6 @@ killed run started again skips every image whose crop exists.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import time
@@ -30,6 +29,7 @@ from PIL import Image
 from faceclean.data.datasets import FaceDataset, open_dataset
 from faceclean.data.detectors import FaceDetector, Faces
 from faceclean.data.parallel import ordered_map
+from faceclean.data.preprocess import ImageError, decode_image
 from faceclean.data.recordio import write_face_rec
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
@@ -194,12 +194,13 @@ def _save(image: Image.Image, path: Path) -> None:
 def _align_one(ds, i, rel, out_root, det, pick, min_size, min_score, size, refine):
     """Align image ``i`` to ``out_root/rel``: (written relative paths, residuals, error)."""
     try:
-        image = Image.open(io.BytesIO(ds.read(i)))
-        image.load()
-    except Exception as e:  # PIL raises many types for corrupt data
-        return [], [], f"cannot decode: {type(e).__name__}: {str(e)[:120]}"
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
+        # extract's decoder: upright by EXIF, RGB, and a reason a person can read.
+        image = decode_image(ds.read(i))
+    except (ImageError, FacecleanError, OSError) as e:
+        return [], [], str(e)
+    rgb = np.asarray(image)
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        image = image.convert("L")  # a greyscale photo stays greyscale (PGM in, PGM out)
     faces = pick_faces(det.detect(image, min_score), image.size, pick, min_size)
     if not len(faces):
         return [], [], "no face found"
