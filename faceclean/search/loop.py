@@ -226,6 +226,8 @@ def run_search(
         finally:
             if live is not None:
                 live.stop()
+                if not console.is_terminal:
+                    console.line()  # Live's last frame ends without a newline in a log file
         if result.trials and all(t["error"] is not None for t in result.trials):
             # A search of nothing but failures has no answer: say why instead of exit 0.
             raise FacecleanError(
