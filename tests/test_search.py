@@ -18,15 +18,19 @@ from faceclean.search.surrogate import SurrogateObjective
 
 def test_controller_learns_to_prefer_rewarded_tokens():
     torch.manual_seed(0)
-    controller = Controller([4, 6, 3])
-    ppo = PPO(controller, lr=5e-3)
-    gen = torch.Generator().manual_seed(1)
     target = torch.tensor([2, 5, 0])
-    for _ in range(40):
-        tokens, logp = controller.sample(16, gen)
-        ppo.update(tokens, logp, (tokens == target).float().mean(1))
-    tokens, _ = controller.sample(500, gen)
-    assert ((tokens == target).float().mean(0) > 0.9).all()
+    # without elite replay the policy concentrates on the target; with it (the default) the
+    # 16 distinct elite sequences, most of them near misses, keep some mass off the target
+    for options, share in (({"elite": 0}, 0.9), ({}, 0.75)):
+        torch.manual_seed(0)
+        controller = Controller([4, 6, 3])
+        ppo = PPO(controller, lr=5e-3, **options)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(40):
+            tokens, logp = controller.sample(16, gen)
+            ppo.update(tokens, logp, (tokens == target).float().mean(1))
+        tokens, _ = controller.sample(500, gen)
+        assert ((tokens == target).float().mean(0) > share).all(), options
 
 
 def test_advantages_are_centred_on_the_batch():
@@ -55,6 +59,22 @@ def test_ppo_on_pure_noise_keeps_exploring():
     _, ent = controller.evaluate(controller.sample(256, gen)[0])
     per_token = ent.mean(0) / torch.tensor([13.0, 7.0, 8.0]).log()
     assert (per_token > 0.1).all(), per_token
+
+
+def test_elite_set_keeps_the_best_distinct_sequences_and_is_saved():
+    torch.manual_seed(0)
+    ppo = PPO(Controller([3, 3]), elite=2)
+    tokens = torch.tensor([[0, 1], [2, 2], [0, 1], [1, 0]])
+    ppo.update(tokens, torch.full((4, 2), -1.0986), torch.tensor([0.5, 0.1, 0.9, 0.7]))
+    assert ppo.elite_tokens.tolist() == [[0, 1], [1, 0]]  # the repeat keeps its best, 0.9
+    assert ppo.elite_rewards.tolist() == pytest.approx([0.9, 0.7])
+    other = PPO(Controller([3, 3]), elite=2)
+    other.load_state_dict(ppo.state_dict())
+    assert other.elite_tokens.tolist() == [[0, 1], [1, 0]] and other.updates == 1
+    # the elite term raises the likelihood of the elite even when a batch has equal rewards
+    before = other.controller.evaluate(other.elite_tokens)[0].sum()
+    other.update(torch.tensor([[2, 2], [2, 0]]), torch.full((2, 2), -1.0986), torch.zeros(2))
+    assert float(other.controller.evaluate(other.elite_tokens)[0].sum()) > float(before)
 
 
 def test_space_validation_and_aspects(tmp_path):

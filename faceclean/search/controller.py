@@ -16,6 +16,10 @@ measured to stall or collapse the search (benchmarks/bench_search.py):
   sequence ratio leaves the clip range after a tiny per-token change and then stops every
   gradient), and the epochs stop early once the approximate KL to the sampling policy
   passes ``target_kl``;
+- elite replay (priority-queue training): the 16 best distinct sequences seen so far are
+  also learned from, by their log-likelihood (weight ``elite_coef``), so a good but rare
+  trial keeps pulling the policy after its batch is gone (measured on the tuning objectives:
+  faster in the first 100-200 trials, at par by 400);
 - an entropy bonus, plus a hinge that pushes back hard once a token's entropy falls below
   ``entropy_floor`` x its uniform entropy, so the controller keeps exploring.
 
@@ -131,6 +135,13 @@ class PPO:
         entropy_floor: per-token entropy floor as a fraction of log n.
         advantage: "mean" or "rank" (see :func:`advantages`).
         history: batches learned from per update (1: only the one just run).
+        elite: size of the elite set, the best distinct sequences seen so far (0: off).
+        elite_coef: weight of the elite term, the mean log-likelihood of the elite
+            sequences (priority-queue training: off-policy, so a likelihood term rather
+            than a ratio; per token, summed over the sequence).
+        entropy_after: the entropy bonus once ``entropy_steps`` updates have run (None:
+            ``entropy`` throughout).
+        entropy_steps: updates run with ``entropy`` before ``entropy_after`` applies.
     """
 
     def __init__(
@@ -140,10 +151,14 @@ class PPO:
         clip: float = 0.2,
         entropy: float = 1e-2,
         epochs: int = 4,
-        target_kl: float = 0.05,
+        target_kl: float = 0.2,
         entropy_floor: float = 0.1,
         advantage: str = "mean",
         history: int = 1,
+        elite: int = 16,
+        elite_coef: float = 0.5,
+        entropy_after: float | None = None,
+        entropy_steps: int = 0,
     ):
         self.controller = controller
         self.optimiser = torch.optim.Adam(controller.parameters(), lr=lr)
@@ -152,6 +167,28 @@ class PPO:
         self.history = history
         self.buffer: list[dict] = []  # the last ``history`` batches, this one included
         self.log_n = torch.tensor([math.log(n) for n in controller.sizes])
+        self.elite, self.elite_coef = elite, elite_coef
+        self.entropy_after, self.entropy_steps = entropy_after, entropy_steps
+        self.updates = 0
+        self.elite_tokens = torch.zeros(0, len(controller.sizes), dtype=torch.long)
+        self.elite_rewards = torch.zeros(0)
+
+    def _add_elite(self, tokens: torch.Tensor, rewards: torch.Tensor) -> None:
+        """Keep the ``elite`` best distinct sequences (a repeat keeps its best reward)."""
+        if self.elite <= 0:
+            return
+        tok = torch.cat([self.elite_tokens, tokens.long()])
+        rew = torch.cat([self.elite_rewards, rewards.float()])
+        order = rew.argsort(descending=True, stable=True)
+        keep, seen = [], set()
+        for i in order.tolist():
+            key = tuple(tok[i].tolist())
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+            if len(keep) == self.elite:
+                break
+        self.elite_tokens, self.elite_rewards = tok[keep], rew[keep]
 
     def update(self, tokens: torch.Tensor, old_logp: torch.Tensor, rewards: torch.Tensor) -> dict:
         """One PPO update from sampled sequences ``tokens`` [B, T], the per-token log-probs
@@ -159,6 +196,11 @@ class PPO:
         {"loss", "kl", "epochs"} of the last epoch run. With ``history`` > 1 the last
         batches are learned from again (their ratios against the policy that sampled them)
         and the advantages are centred on all of their rewards."""
+        self._add_elite(tokens, rewards)
+        bonus = self.entropy
+        if self.entropy_after is not None and self.updates >= self.entropy_steps:
+            bonus = self.entropy_after
+        self.updates += 1
         self.buffer.append({"tokens": tokens, "logp": old_logp, "rewards": rewards.float()})
         self.buffer = self.buffer[-self.history :]
         tokens = torch.cat([b["tokens"] for b in self.buffer])
@@ -166,7 +208,8 @@ class PPO:
         rewards = torch.cat([b["rewards"] for b in self.buffer])
         adv = advantages(rewards, self.advantage)[:, None]  # [N, 1]
         stats = {"loss": 0.0, "kl": 0.0, "epochs": 0}
-        if not bool(adv.abs().sum() > 0):
+        use_elite = self.elite_coef > 0 and len(self.elite_tokens) > 0
+        if not bool(adv.abs().sum() > 0) and not use_elite:
             return stats  # equal rewards: nothing to learn from this batch
         for epoch in range(self.epochs):
             logp, ent = self.controller.evaluate(tokens)
@@ -180,9 +223,12 @@ class PPO:
             floor_gap = torch.relu(self.floor * self.log_n - ent_mean) / self.log_n.clamp(min=1e-6)
             loss = (
                 -surrogate.sum(1).mean()
-                - self.entropy * ent.sum(1).mean()
+                - bonus * ent.sum(1).mean()
                 + floor_gap.sum() * 10.0  # the floor is a wall, not a preference
             )
+            if use_elite:
+                elite_logp, _ = self.controller.evaluate(self.elite_tokens)
+                loss = loss - self.elite_coef * elite_logp.sum(1).mean()
             self.optimiser.zero_grad()
             loss.backward()
             self.optimiser.step()
@@ -194,9 +240,16 @@ class PPO:
             "controller": self.controller.state_dict(),
             "optimiser": self.optimiser.state_dict(),
             "buffer": self.buffer,
+            "elite_tokens": self.elite_tokens,
+            "elite_rewards": self.elite_rewards,
+            "updates": self.updates,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.controller.load_state_dict(state["controller"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.buffer = list(state.get("buffer", []))
+        if "elite_tokens" in state:
+            self.elite_tokens = state["elite_tokens"]
+            self.elite_rewards = state["elite_rewards"]
+        self.updates = int(state.get("updates", 0))
