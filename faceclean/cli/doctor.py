@@ -160,7 +160,7 @@ def _check_train(tmp: Path, gpu: str = "cuda") -> str:
         loss.backward()
         opt.step()
         weights = torch.cat([p.detach().flatten().cpu() for p in params])
-        return float(loss), weights
+        return float(loss.detach()), weights
 
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     threads = torch.get_num_threads()
