@@ -70,6 +70,8 @@ def _contact_sheet(
     paths = scores["path"].to_pylist()
     cos_pos = scores["cos_pos"].to_numpy(zero_copy_only=False)
     neg = scores["hardest_negative"].to_numpy()
+    # Users know their identities by name (folder s10), not by faceclean's label ids.
+    names = dict(zip(labels.tolist(), scores["identity"].to_pylist(), strict=True))
     order = np.argsort(np.where(np.isnan(d), np.inf, d), kind="stable")[:rows]
 
     def typical_of(label):
@@ -90,7 +92,10 @@ def _contact_sheet(
             sheet.paste(_thumb(root, paths[j]), (x, y))
             draw.rectangle([x, y, x + THUMB - 1, y + THUMB - 1], outline=colour, width=2)
         draw.text(
-            (2, y + THUMB + 2), f"D={d[i]:.2f} label {labels[i]} -> negative {neg[i]}", fill="black"
+            (2, y + THUMB + 2),
+            f"D={d[i]:.2f} {names[labels[i]]} (label {labels[i]}) -> negative "
+            f"{names.get(neg[i], '?')} (label {neg[i]})",
+            fill="black",
         )
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
