@@ -82,7 +82,7 @@ def test_resume_gives_the_same_model(sets, tmp_path):
     b, _ = load_run(tmp_path / "b")
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
-    with pytest.raises(FacecleanError, match="another configuration"):
+    with pytest.raises(FacecleanError, match=r"another configuration \(epochs, loss, loss_kwargs"):
         train(config(train_dir, epochs=5), tmp_path / "a")
 
 

@@ -217,8 +217,13 @@ def train(
         head.set_sampling(cfg.sample_rate, cfg.seed)
     config_path = run_dir / "config.json"
     saved = json.loads(json.dumps(asdict(cfg)))
-    if config_path.exists() and json.loads(config_path.read_text()) != saved:
-        raise FacecleanError("holds a run with another configuration; use a new folder", run_dir)
+    if config_path.exists() and (old := json.loads(config_path.read_text())) != saved:
+        differ = sorted(k for k in {*old, *saved} if old.get(k) != saved.get(k))
+        raise FacecleanError(
+            f"holds a run with another configuration ({', '.join(differ)} differ); "
+            "use a new folder, or --overwrite to start this one afresh",
+            run_dir,
+        )
     with atomic_path(config_path) as tmp:
         tmp.write_text(json.dumps(saved, indent=2))
 
