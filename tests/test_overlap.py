@@ -151,3 +151,10 @@ def test_overlap_refuses_stores_of_two_models_but_not_two_label_spaces(tmp_path)
     other = store("o.parquet", "bbb", "other")
     with pytest.raises(FacecleanError, match="o.parquet: the model sha256 differs"):
         find_overlap(train, other, 0.9, device="cpu")
+
+
+def test_one_store_given_twice_is_refused(tmp_path):
+    x, y = clustered_embeddings(4, 3, 16, spread=0.3, seed=0)
+    store = write_embedding_store(tmp_path / "a.parquet", x, y)
+    with pytest.raises(FacecleanError, match="are the same file"):
+        find_overlap(store, store, 0.5)

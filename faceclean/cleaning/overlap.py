@@ -102,6 +102,9 @@ def _comparable(train, evaluation) -> None:
     """Cosines across two stores mean something only for one model and preprocessing;
     their label spaces are their own."""
     (tp, tpf), (ep, epf) = train, evaluation
+    if Path(tp).resolve() == Path(ep).resolve():
+        # Every identity would "overlap" itself: a mistyped argument, not a finding.
+        raise FacecleanError("the training and evaluation stores are the same file", ep)
     td = tpf.schema_arrow.field("embedding").type.list_size
     ed = epf.schema_arrow.field("embedding").type.list_size
     if td != ed:
