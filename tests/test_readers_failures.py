@@ -102,6 +102,9 @@ def test_output_checks_come_before_any_work_and_never_replace_an_input(faces, ti
     assert lst.read_text() == "a.png 0\n" and model_copy.read_bytes() == tiny_model.read_bytes()
     with pytest.raises(FacecleanError, match="output is a folder"):
         extract(faces, tiny_model, tmp_path, overwrite=True)
+    with pytest.raises(FacecleanError, match="x.csv: the embedding store is Parquet"):
+        extract(faces, tiny_model, tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_extract_summary_says_which_list_format_was_detected(faces, tiny_model, tmp_path):

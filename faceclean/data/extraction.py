@@ -143,6 +143,9 @@ def check_output(output: Path, overwrite: bool, inputs) -> None:
                     )
     if output.is_dir():
         raise FacecleanError("output is a folder; give a .parquet file name", output)
+    if output.suffix.lower() not in (".parquet", ".pq"):
+        # The store is always Parquet: a .csv or .npy name would hide that from the user.
+        raise FacecleanError("the embedding store is Parquet: name it .parquet", output)
     if output.exists() and not overwrite:
         raise FacecleanError("output already exists; pass --overwrite to replace it", output)
     if not output.parent.is_dir():
