@@ -185,6 +185,9 @@ def test_tar_at_far_interpolates_on_the_roc_and_flags_unresolved():
         )[0]
         == 1.0
     )
+    # Fewer pairs than folds: one fold per pair, not empty folds and a NaN mean.
+    acc, std = kfold_accuracy(np.array([0.9, 0.1, 0.8, 0.2]), np.array([1, 0, 1, 0], bool))
+    assert np.isfinite(acc) and np.isfinite(std) and 0 <= acc <= 1
 
 
 def test_bin_pair_file_accuracy(sets, tmp_path):
@@ -202,6 +205,11 @@ def test_bin_pair_file_accuracy(sets, tmp_path):
         pickle.dump((bins, issame), f)
     r = evaluate_run_bin(tmp_path / "run", tmp_path / "toy.bin")
     assert r["pairs"] == 20 and 0.5 <= r["accuracy"] <= 1.0
+    assert (r["genuine"], r["impostor"]) == (10, 10)
+    with open(tmp_path / "genuine.bin", "wb") as f:
+        pickle.dump((bins[:2], issame[:1]), f)
+    one_sided = evaluate_run_bin(tmp_path / "run", tmp_path / "genuine.bin")
+    assert one_sided["accuracy"] is None and one_sided["impostor"] == 0
     (tmp_path / "bad.bin").write_bytes(b"garbage")
     with pytest.raises(FacecleanError, match=r"bad\.bin: not an InsightFace \.bin"):
         evaluate_run_bin(tmp_path / "run", tmp_path / "bad.bin")

@@ -39,7 +39,7 @@ def evaluate_onnx(model: Path, val: Path | None, bins, fars, **opts) -> dict:
     from faceclean.data.embed import embed_bytes
     from faceclean.data.extraction import extract, resolve_preprocessing
     from faceclean.data.onnx_model import FaceModel
-    from faceclean.training.verification import evaluate_embeddings, kfold_accuracy, load_bin
+    from faceclean.training.verification import evaluate_bin, evaluate_embeddings
 
     rgb = opts.get("rgb")
     channels = None if rgb is None else ("RGB" if rgb else "BGR")
@@ -56,35 +56,27 @@ def evaluate_onnx(model: Path, val: Path | None, bins, fars, **opts) -> dict:
         rows["val images"] = f"{result.num_written:,} ({result.num_failed:,} failed)"
         rows.update(evaluate_embeddings(emb, result.table["label"].to_numpy(), tuple(fars)))
     for b in bins:
-        images, issame = load_bin(b)
-        genuine, impostor = int(issame.sum()), int((~issame).sum())
-        if one_sided_bin(b, issame):
-            rows[f"{b.name} accuracy"] = one_sided_bin(b, issame, warn=False)
-            continue
-        e = embed_bytes(fm, images, spec, flip=True, where=str(b))
-        scores = np.einsum("nd,nd->n", e[0::2], e[1::2])
-        # InsightFace's 10 folds; fewer pairs than folds would leave empty folds (NaN).
-        acc, std = kfold_accuracy(scores, issame, folds=min(10, len(issame)))
-        rows[f"{b.name} accuracy"] = f"{acc:.4f} ± {std:.4f} ({genuine}+{impostor} pairs)"
+
+        def embed(images: list[bytes], flip: bool, where: str = str(b)) -> np.ndarray:
+            return embed_bytes(fm, images, spec, flip=flip, where=where)
+
+        r = evaluate_bin(b, embed)
+        rows[f"{b.name} accuracy"] = bin_accuracy_text(b, r)
     return rows
 
 
-def one_sided_bin(path: Path, issame: np.ndarray | None = None, warn: bool = True) -> str | None:
-    """For a ``.bin`` with no impostor (or no genuine) pairs: warn and return the "n/a"
-    text to show instead of an accuracy (any threshold scores 100% there). None otherwise."""
-    if issame is None:
-        from faceclean.training.verification import load_bin
-
-        issame = load_bin(path)[1]
-    genuine, impostor = int(issame.sum()), int((~issame).sum())
-    if genuine and impostor:
-        return None
+def bin_accuracy_text(path: Path, result: dict) -> str:
+    """The table cell for one ``.bin`` result of
+    :func:`faceclean.training.verification.evaluate_bin`: "acc ± std (g+i pairs)", or, for a
+    set with no impostor (or no genuine) pairs, a warning and "n/a"."""
+    genuine, impostor = result["genuine"], result["impostor"]
+    if result["accuracy"] is not None:
+        return f"{result['accuracy']:.4f} ± {result['std']:.4f} ({genuine}+{impostor} pairs)"
     missing = "impostor" if impostor == 0 else "genuine"
-    if warn:
-        console.print(
-            f"[yellow]warning:[/] {escape(str(path))}: no {missing} pairs "
-            f"({genuine} genuine, {impostor} impostor); an accuracy would be meaningless",
-            highlight=False,
-            soft_wrap=True,
-        )
+    console.print(
+        f"[yellow]warning:[/] {escape(str(path))}: no {missing} pairs "
+        f"({genuine} genuine, {impostor} impostor); an accuracy would be meaningless",
+        highlight=False,
+        soft_wrap=True,
+    )
     return f"n/a (no {missing} pairs)"

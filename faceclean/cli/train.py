@@ -296,7 +296,7 @@ def train_cmd(
 def eval_cmd(run_dir, val, bins, fars, unfinished, **onnx_opts):
     """TAR@FAR, the paper's ACC, and .bin accuracies of a trained run, or of any ONNX
     face model (MODEL.onnx, run with extract's preprocessing rules and options)."""
-    from faceclean.cli.evalmodel import evaluate_onnx, one_sided_bin
+    from faceclean.cli.evalmodel import bin_accuracy_text, evaluate_onnx
 
     if not (val or bins):
         raise click.UsageError("give --val and/or --bin")
@@ -316,11 +316,7 @@ def eval_cmd(run_dir, val, bins, fars, unfinished, **onnx_opts):
     if val:
         rows.update(evaluate_run(run_dir, val, tuple(fars)))
     for b in bins:
-        if na := one_sided_bin(b):
-            rows[f"{b.name} accuracy"] = na
-            continue
-        r = evaluate_run_bin(run_dir, b)
-        rows[f"{b.name} accuracy"] = f"{r['accuracy']:.4f} ± {r['std']:.4f}"
+        rows[f"{b.name} accuracy"] = bin_accuracy_text(b, evaluate_run_bin(run_dir, b))
     _summary_table("faceclean eval", {k: _fmt(v) for k, v in rows.items()})
 
 

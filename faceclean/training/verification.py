@@ -154,7 +154,9 @@ def load_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
 
 def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> tuple[float, float]:
     """InsightFace's protocol: for each fold, the threshold that maximises accuracy on the
-    other folds is applied to it. Returns (mean accuracy, std) over folds."""
+    other folds is applied to it. Returns (mean accuracy, std) over folds. With fewer pairs
+    than ``folds`` there is one fold per pair (an empty fold would make the mean NaN)."""
+    folds = min(folds, len(scores))
     idx = np.arange(len(scores))
     fold_of = idx * folds // len(scores)
     thresholds = np.unique(scores)
@@ -169,9 +171,17 @@ def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> t
 
 def evaluate_bin(path: str | Path, embed: Callable[[list[bytes], bool], np.ndarray]) -> dict:
     """10-fold accuracy with flip on a ``.bin`` set; ``embed(images, flip)`` returns
-    unit embeddings (flip: image + mirror features summed)."""
+    unit embeddings (flip: image + mirror features summed).
+
+    Returns ``accuracy``, ``std``, ``pairs``, ``genuine``, ``impostor``. A set with no
+    impostor (or no genuine) pairs is not embedded and gets ``accuracy`` and ``std`` None:
+    any threshold scores 100% there, so a figure would mean nothing."""
     images, issame = load_bin(path)
+    genuine, impostor = int(issame.sum()), int((~issame).sum())
+    counts = {"pairs": len(issame), "genuine": genuine, "impostor": impostor}
+    if not (genuine and impostor):
+        return {"accuracy": None, "std": None, **counts}
     e = embed(images, True)
     scores = np.einsum("nd,nd->n", e[0::2], e[1::2])
     acc, std = kfold_accuracy(scores, issame)
-    return {"accuracy": acc, "std": std, "pairs": len(issame)}
+    return {"accuracy": acc, "std": std, **counts}
