@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from faceclean.data.preprocess import (
 from faceclean.data.sharding import shard_of
 from faceclean.data.store import embedding_schema, embedding_table, sibling
 from faceclean.errors import FacecleanError
+from faceclean.outputs import refuse_inputs
 from faceclean.progress import RowProgress
 
 
@@ -134,13 +134,7 @@ def label_space(identities: list[str]) -> str:
 def check_output(output: Path, overwrite: bool, inputs) -> None:
     """Refuse, before any work, an existing output without ``overwrite`` and any output
     that is one of the inputs (overwrite or not)."""
-    if output.exists():
-        for given in inputs:
-            if isinstance(given, str | Path) and os.path.exists(given):
-                if os.path.samefile(output, given):
-                    raise FacecleanError(
-                        "the output is one of the inputs; refusing to write over it", output
-                    )
+    refuse_inputs([output], [p for p in inputs if isinstance(p, str | Path)])  # not a FaceModel
     if output.is_dir():
         raise FacecleanError("output is a folder; give a .parquet file name", output)
     if output.suffix.lower() not in (".parquet", ".pq"):
