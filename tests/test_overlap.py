@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from faceclean.cleaning.faiss_backend import InnerProductIndex
-from faceclean.cleaning.overlap import find_overlap, pairs_above, read_exclude, write_overlap
+from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
+from faceclean.cleaning.overlap import find_overlap, read_exclude, write_overlap
 from faceclean.cli import main
 from faceclean.data.store import embedding_schema, embedding_table
 from faceclean.data.synthetic import clustered_embeddings, write_embedding_store

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from faceclean.cleaning.faiss_backend import InnerProductIndex
-from faceclean.cleaning.overlap import identities, load_store, pairs_above, read_exclude
+from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
+from faceclean.cleaning.overlap import identities, load_store, read_exclude
 from faceclean.data.store import atomic_path, iter_embeddings, iter_row_groups, open_stores
 from faceclean.errors import FacecleanError
 

@@ -4,8 +4,9 @@ Both are brute force and exact up to float32 rounding, so CPU and GPU give the s
 results. On the CPU a blocked ``X @ C.T`` into a reused buffer followed by an argmax runs
 at the machine's matrix-multiply floor (measured: 0.99x the floor against faiss-cpu's
 1.19x for top-2 at K=20K, d=512; see benchmarks/bench_clean.py), so faiss-cpu is used only
-when asked for (``backend="faiss"``). Import faiss lazily so that stages that do not search
-need not load it.
+when asked for (``backend="faiss"``). :func:`pairs_above` finds every pair above a cosine
+exactly (merge's links, overlap, near-duplicates). Import faiss lazily so that stages
+that do not search need not load it.
 """
 
 from __future__ import annotations
@@ -128,3 +129,34 @@ class InnerProductIndex:
             pos[s:e] = best
             sims[s:e] = block[np.arange(e - s), best]
         return sims, pos
+
+
+def pairs_above(
+    index: InnerProductIndex, queries: np.ndarray, tau: float, k: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query row, index position, cosine) with cosine > tau, exactly.
+
+    Searches the top k and doubles k for the rows whose k-th match is still above tau, so
+    the cost follows the number of matches, not the size of the index.
+    """
+    rows_out, cols_out, sims_out = [], [], []
+    todo = np.arange(len(queries))
+    k = max(1, min(k, index.size))
+    while len(todo):
+        sims, pos = index.search(queries[todo], k)
+        full = (sims[:, -1] > tau) & (k < index.size)
+        done = ~full
+        hit = (sims > tau) & (pos >= 0) & done[:, None]
+        r, c = np.nonzero(hit)
+        rows_out.append(todo[r])
+        cols_out.append(pos[r, c])
+        sims_out.append(sims[r, c])
+        todo = todo[full]
+        k = min(2 * k, index.size)
+    if not rows_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return (
+        np.concatenate(rows_out).astype(np.int64),
+        np.concatenate(cols_out).astype(np.int64),
+        np.concatenate(sims_out).astype(np.float32),
+    )

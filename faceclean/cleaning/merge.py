@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
 from faceclean.cleaning.filter import normalise_rows
 
 WARN_MERGED_SHARE = 0.5  # of the present classes, inside merged groups
@@ -92,19 +92,12 @@ def centroid_links(
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
     index = InnerProductIndex(centroids, device)
-    k = min(16, len(labels))
-    while True:
-        sims, pos = index.search(centroids, k)
-        if k >= len(labels) or (sims[:, -1] <= tau_inter).all():
-            break
-        k = min(2 * k, len(labels))
-    rows = np.repeat(np.arange(len(labels)), sims.shape[1])
-    cols, vals = pos.ravel(), sims.ravel()
-    ok = (cols >= 0) & (vals > tau_inter) & (rows < cols)
+    rows, cols, vals = pairs_above(index, centroids, tau_inter, k=16)
     # Both directions are found; keep each pair once with the smaller position first.
+    ok = rows < cols
     la, lb = labels[rows[ok]], labels[cols[ok]]
     order = np.lexsort((lb, la))
-    return la[order], lb[order], vals[ok][order].astype(np.float32)
+    return la[order], lb[order], vals[ok][order]
 
 
 def merge_classes(

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
 from faceclean.cleaning.filter import class_sums, normalise_rows
 from faceclean.data.store import (
     as_paths,
@@ -38,37 +38,6 @@ from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
 EXCLUDE_FILE = "exclude.parquet"
-
-
-def pairs_above(
-    index: InnerProductIndex, queries: np.ndarray, tau: float, k: int = 8
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (query row, index position, cosine) with cosine > tau, exactly.
-
-    Searches the top k and doubles k for the rows whose k-th match is still above tau, so
-    the cost follows the number of matches, not the size of the index.
-    """
-    rows_out, cols_out, sims_out = [], [], []
-    todo = np.arange(len(queries))
-    k = max(1, min(k, index.size))
-    while len(todo):
-        sims, pos = index.search(queries[todo], k)
-        full = (sims[:, -1] > tau) & (k < index.size)
-        done = ~full
-        hit = (sims > tau) & (pos >= 0) & done[:, None]
-        r, c = np.nonzero(hit)
-        rows_out.append(todo[r])
-        cols_out.append(pos[r, c])
-        sims_out.append(sims[r, c])
-        todo = todo[full]
-        k = min(2 * k, index.size)
-    if not rows_out:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return (
-        np.concatenate(rows_out).astype(np.int64),
-        np.concatenate(cols_out).astype(np.int64),
-        np.concatenate(sims_out).astype(np.float32),
-    )
 
 
 def identities(paths) -> dict[int, str]:
