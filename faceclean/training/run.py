@@ -149,10 +149,8 @@ def record_metrics(run_dir: str | Path, record: dict) -> None:
     with every earlier epoch's line and this one, so an epoch re-run after a kill (its
     line written, its checkpoint not) replaces its line instead of adding a second, and a
     kill mid-write leaves the previous file whole."""
-    path = Path(run_dir) / "metrics.jsonl"
     kept = [r for r in read_metrics(run_dir) if r.get("epoch", 0) < record["epoch"]]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in [*kept, record]))
+    _write_metrics(run_dir, [*kept, record])
 
 
 def trim_metrics(run_dir: str | Path, epoch: int) -> None:
@@ -162,8 +160,12 @@ def trim_metrics(run_dir: str | Path, epoch: int) -> None:
     records = read_metrics(run_dir)
     kept = [r for r in records if r.get("epoch", 0) <= epoch]
     if len(kept) != len(records):
-        with atomic_path(Path(run_dir) / "metrics.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        _write_metrics(run_dir, kept)
+
+
+def _write_metrics(run_dir: str | Path, records: list[dict]) -> None:
+    with atomic_path(Path(run_dir) / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 class SkippedImages:
