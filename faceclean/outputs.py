@@ -276,7 +276,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     replaces ``path`` whole, otherwise it is deleted and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = tmp_sibling(path)
     _remove(tmp)
     tmp.mkdir()
     try:
@@ -374,8 +374,9 @@ def resumable_dir(
 
 
 def tmp_sibling(path: PathLike) -> Path:
-    """``.<name>.tmp-<pid>``: the temporary a file is written under (the name
-    :func:`faceclean.data.store.atomic_path` uses, so :func:`remove_stale` finds it)."""
+    """``.<name>.tmp-<pid>``: the temporary a file or folder is built under before it is
+    renamed into place (:func:`faceclean.data.store.atomic_path` and :func:`atomic_dir`
+    use it, so :func:`remove_stale` finds what a killed writer left)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceclean.errors import FacecleanError
+from faceclean.outputs import tmp_sibling
 
 METADATA_KEY = b"faceclean"
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
@@ -68,16 +69,11 @@ def embedding_table(
     )
 
 
-def tmp_name(path: Path) -> Path:
-    """The temporary sibling a file is written under before its atomic rename."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path; on success rename it to ``path``, on error delete it."""
     path = Path(path)
-    tmp = tmp_name(path)
+    tmp = tmp_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)
