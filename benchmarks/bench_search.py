@@ -15,7 +15,7 @@ are the 100-trial run: budgets are prefixes of one run per seed.
     nice -n 10 python benchmarks/bench_search.py [--seeds 20] [--budgets 100,200,400]
         [--methods ppo,random,tpe,gaussian] [--objectives coupled,rugged,deceptive]
         [--jobs 1] [--json out.json] [--controller-lr X --ppo-epochs N --entropy X
-        --warmup-trials N --batch B]   (overrides: only for measuring other settings)
+        --warmup-trials N --proposals K --batch B]   (overrides: only for measuring other settings)
 
 ``--objectives dev`` runs faceclean.search.surrogate.SurrogateObjective (noise 0.01): the
 objective the controller's defaults were chosen on, kept apart from the three above.
@@ -73,7 +73,8 @@ def run_one(task: tuple) -> dict:
     space = load_space()
     obj = make_objective(name, space, seed)
     batch = settings["batch"]
-    ppo = {k: settings[k] for k in ("controller_lr", "ppo_epochs", "entropy", "warmup_trials")}
+    keys = ("controller_lr", "ppo_epochs", "entropy", "warmup_trials", "proposals")
+    ppo = {k: settings[k] for k in keys}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         r = search(
@@ -159,16 +160,22 @@ def main() -> None:
         default=None,
         help="JSON of PPO's other settings (target_kl, clip, ...): experiments",
     )
-    for key in ("batch", "controller_lr", "ppo_epochs", "entropy", "warmup_trials", "alpha"):
+    keys = (
+        "batch",
+        "controller_lr",
+        "ppo_epochs",
+        "entropy",
+        "warmup_trials",
+        "proposals",
+        "alpha",
+    )
+    for key in keys:
         ap.add_argument(
             "--" + key.replace("_", "-"), type=type(DEFAULTS[key]), default=DEFAULTS[key]
         )
     args = ap.parse_args()
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    settings = {
-        k: getattr(args, k)
-        for k in ("batch", "controller_lr", "ppo_epochs", "entropy", "warmup_trials", "alpha")
-    }
+    settings = {k: getattr(args, k) for k in keys}
     if args.ppo_options:
         settings["ppo_options"] = args.ppo_options
     space = load_space()

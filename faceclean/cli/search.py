@@ -103,6 +103,14 @@ _NONNEG = click.IntRange(min=0)
     help="PPO's first trials drawn uniformly (rounded up to whole steps).",
 )
 @click.option(
+    "--proposals",
+    default=_D["proposals"],
+    type=click.IntRange(1, 1000),
+    show_default=True,
+    help="PPO draws K x batch new combinations per step and runs the batch a reward "
+    "predictor fitted on every finished trial rates best (1: run the policy's draws).",
+)
+@click.option(
     "--workers",
     default=1,
     type=click.IntRange(1, 1024),
@@ -186,6 +194,7 @@ def search_cmd(
     ppo_epochs,
     entropy,
     warmup_trials,
+    proposals,
     workers,
     gpus_per_trial,
     input_size,
@@ -236,6 +245,7 @@ def search_cmd(
             "ppo_epochs": ppo_epochs,
             "entropy": entropy,
             "warmup_trials": warmup_trials,
+            "proposals": proposals,
             "gpus_per_trial": gpus_per_trial,
         },
         fars=tuple(fars),

@@ -6,7 +6,12 @@ thresholds, trains its backbone with its loss, and scores ACC on the validation 
 reward R = ACC * (MACs / TARGET)^alpha (TARGET = the base backbone's MACs; alpha < 0
 penalises bigger models) updates the controller with PPO. The first ``warmup_trials``
 trials of PPO are drawn uniformly (PPO learns from them off-policy: their sampling
-probability is the uniform one). ``method="random"``, ``"tpe"`` (Optuna, batched: ask B,
+probability is the uniform one). After them the controller proposes ``proposals`` x B
+combinations not tried yet and the B that a reward predictor (kernel ridge on every
+finished trial, :mod:`faceclean.search.predictor`) rates best are run: trials are
+expensive and the on-policy controller forgets what its past batches taught, the predictor
+does not. PPO learns from what was run, with the policy's own probabilities (the screening
+is not in the ratio: measured to help, not derived). ``method="random"``, ``"tpe"`` (Optuna, batched: ask B,
 tell B) and ``"gaussian"`` run on the same trial function and budget.
 
 Everything lands in the run folder: ``trials.jsonl`` (one line per finished trial, shaped
@@ -32,6 +37,7 @@ from faceclean.errors import FacecleanError
 from faceclean.search.controller import PPO, Controller, one_thread
 from faceclean.search.defaults import DEFAULTS, METHODS
 from faceclean.search.methods import GaussianSearch, make_pool, run_trial, tpe_study
+from faceclean.search.predictor import screen
 from faceclean.search.space import TOKENS, SearchSpace, difficulty
 from faceclean.search.state import load_state, save_state
 from faceclean.search.trial_log import append_record, read_log
@@ -74,6 +80,7 @@ def search(
     ppo_epochs: int = DEFAULTS["ppo_epochs"],
     entropy: float = DEFAULTS["entropy"],
     warmup_trials: int = DEFAULTS["warmup_trials"],
+    proposals: int = DEFAULTS["proposals"],
     on_trial: Callable[[dict], None] | None = None,
     ray_address: str | None = None,
     gpus_per_trial: float = 1.0,
@@ -91,8 +98,8 @@ def search(
     """
     if method not in METHODS:
         raise FacecleanError(f"unknown search method {method!r}; use {', '.join(METHODS)}")
-    if steps < 1 or batch < 1 or workers < 1 or ppo_epochs < 1 or warmup_trials < 0:
-        raise FacecleanError("steps, batch, workers and ppo_epochs must be >= 1")
+    if min(steps, batch, workers, ppo_epochs, proposals) < 1 or warmup_trials < 0:
+        raise FacecleanError("steps, batch, workers, ppo_epochs and proposals must be >= 1")
     if not (math.isfinite(alpha) and math.isfinite(controller_lr) and controller_lr > 0):
         raise FacecleanError("alpha must be finite and the controller lr > 0")
     run_dir = Path(run_dir)
@@ -102,9 +109,9 @@ def search(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     controller = Controller(space.sizes)
-    ppo = PPO(
-        controller, lr=controller_lr, epochs=ppo_epochs, entropy=entropy, **(ppo_options or {})
-    )
+    ppo_options = dict(ppo_options or {})
+    predictor = ppo_options.pop("predictor", "kernel")  # experiments: "ridge"
+    ppo = PPO(controller, lr=controller_lr, epochs=ppo_epochs, entropy=entropy, **ppo_options)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     gaussian = GaussianSearch(space.sizes)
@@ -155,10 +162,20 @@ def search(
         while step < steps:
             if pending is None:  # sample this step's batch and persist it before running
                 tokens, logp, h = _sample(method, step < warmup_steps, batch, space, rng)
+                predicted = None
                 if tokens is None and method == "ppo":
+                    history = [done[i] for i in sorted(done)]
                     with one_thread():
-                        tokens, logp = controller.sample(batch, gen)
+                        tried = {tuple(t["tokens"]) for t in history}
+                        n = proposals * batch if len(history) >= 2 * batch else batch
+                        tokens, logp = controller.sample_novel(n, tried, gen)
                         h = controller.entropy(64, torch.Generator().manual_seed(seed + step))
+                    if n > batch:  # screen the proposals with the reward predictor
+                        pick, predicted = screen(
+                            tokens.numpy(), history, space.sizes, batch, predictor
+                        )
+                        pick = torch.as_tensor(pick)
+                        tokens, logp = tokens[pick], logp[pick]
                 elif tokens is None and method == "gaussian":
                     tokens = gaussian.sample(batch, rng)
                 elif tokens is None:  # tpe
@@ -170,7 +187,7 @@ def search(
                 entropies.append(h)
                 tokens = torch.as_tensor(np.asarray(tokens)).tolist()
                 logp = torch.as_tensor(logp).tolist() if logp is not None else None
-                pending = {"tokens": tokens, "logp": logp}
+                pending = {"tokens": tokens, "logp": logp, "predicted": predicted}
                 persist()
             ids = [step * batch + b for b in range(batch)]
             combos = [space.decode(t) for t in pending["tokens"]]
@@ -191,6 +208,7 @@ def search(
                     "step": step,
                     "tokens": pending["tokens"][b],
                     "log_prob": sum(pending["logp"][b]) if pending["logp"] else None,
+                    "predicted_reward": (pending.get("predicted") or [None] * batch)[b],
                     **combo,
                     "reward": r,
                     "data_difficulty": data_d,

@@ -115,8 +115,8 @@ def run_search(
     """The CLI's search: real trials (:class:`faceclean.search.trial.FaceTrial`), a live
     status table, plots, and optionally the top-k combinations re-trained for longer.
     ``controller`` holds keyword arguments of :func:`search` (controller_lr, ppo_epochs,
-    entropy, warmup_trials, gpus_per_trial). ``trial_identities`` (proxy mode) trains each
-    trial on a subset of that many identities drawn with ``seed``; with
+    entropy, warmup_trials, proposals, gpus_per_trial). ``trial_identities`` (proxy mode)
+    trains each trial on a subset of that many identities drawn with ``seed``; with
     ``train_kwargs["max_steps"]`` a trial is a fixed number of SGD steps. An ``output``
     that holds a search needs ``resume`` or ``overwrite`` (which deletes that search).
     Returns {"trials", "top", "plots"[, "retrained"]}."""
