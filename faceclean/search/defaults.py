@@ -16,5 +16,5 @@ DEFAULTS = {
     "ppo_epochs": 4,
     "entropy": 1e-2,
     "warmup_trials": 16,
-    "proposals": 8,
+    "proposals": 16,
 }
