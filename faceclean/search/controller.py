@@ -21,7 +21,10 @@ measured to stall or collapse the search (benchmarks/bench_search.py):
   trial keeps pulling the policy after its batch is gone (measured on the tuning objectives:
   faster in the first 100-200 trials, at par by 400);
 - an entropy bonus, plus a hinge that pushes back hard once a token's entropy falls below
-  ``entropy_floor`` x its uniform entropy, so the controller keeps exploring.
+  ``entropy_floor`` x its uniform entropy, so the controller keeps exploring;
+- the search draws only combinations not tried yet (:meth:`Controller.sample_novel`), and
+  draws more than it runs, leaving the pick to a reward predictor
+  (:mod:`faceclean.search.predictor`; see :mod:`faceclean.search.engine`).
 
 Entropies are in nats; ``policy_entropy`` is the sum over tokens (uniform = sum log n).
 """
