@@ -16,6 +16,7 @@ are the 100-trial run: budgets are prefixes of one run per seed.
         [--methods ppo,random,tpe,gaussian] [--objectives coupled,rugged,deceptive]
         [--jobs 1] [--json out.json] [--controller-lr X --ppo-epochs N --entropy X
         --warmup-trials N --proposals K --batch B]   (overrides: only for measuring other settings)
+        [--uniform-proposals]   (ablation: screening without the policy)
 
 ``--objectives dev`` runs faceclean.search.surrogate.SurrogateObjective (noise 0.01): the
 objective the controller's defaults were chosen on, kept apart from the three above.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -74,9 +76,26 @@ def top1_threshold(obj: Objective, alpha: float, n: int = 200_000) -> float:
     return float(np.quantile(obj.true_reward(idx, alpha), 0.99))
 
 
+def uniform_policy_draws() -> None:
+    """Ablation: the controller's draws replaced by uniform ones (PPO still trains, unused),
+    so the screening picks from uniform proposals: what the predictor does on its own."""
+    import torch
+
+    from faceclean.search.controller import Controller
+
+    def sample(self, batch, generator=None):
+        tokens = [torch.randint(0, n, (batch,), generator=generator) for n in self.sizes]
+        logp = torch.tensor([[-math.log(n) for n in self.sizes]] * batch)
+        return torch.stack(tokens, 1), logp
+
+    Controller.sample = sample
+
+
 def run_one(task: tuple) -> dict:
     """One (objective, seed, method) search; per-trial noisy and true rewards."""
     name, seed, method, budget, settings = task
+    if settings.get("uniform_proposals"):
+        uniform_policy_draws()
     space = load_space()
     obj = make_objective(name, space, seed)
     batch = settings["batch"]
@@ -180,11 +199,18 @@ def main() -> None:
         ap.add_argument(
             "--" + key.replace("_", "-"), type=type(DEFAULTS[key]), default=DEFAULTS[key]
         )
+    ap.add_argument(
+        "--uniform-proposals",
+        action="store_true",
+        help="ablation: PPO's proposals drawn uniformly, not from the policy",
+    )
     args = ap.parse_args()
     budgets = sorted(int(b) for b in args.budgets.split(","))
     settings = {k: getattr(args, k) for k in keys}
     if args.ppo_options:
         settings["ppo_options"] = args.ppo_options
+    if args.uniform_proposals:
+        settings["uniform_proposals"] = True
     space = load_space()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     names = args.objectives.split(",")
