@@ -11,8 +11,9 @@ combinations not tried yet and the B that a reward predictor (kernel ridge on ev
 finished trial, :mod:`faceclean.search.predictor`) rates best are run: trials are
 expensive and the on-policy controller forgets what its past batches taught, the predictor
 does not. PPO learns from what was run, with the policy's own probabilities (the screening
-is not in the ratio: measured to help, not derived). ``method="random"``, ``"tpe"`` (Optuna, batched: ask B,
-tell B) and ``"gaussian"`` run on the same trial function and budget.
+is not in the ratio: measured to help, not derived). ``method="random"``, ``"tpe"``
+(Optuna, batched: ask B, tell B) and ``"gaussian"`` run on the same trial function and
+budget.
 
 Everything lands in the run folder: ``trials.jsonl`` (one line per finished trial, shaped
 like the paper's search log, with the policy entropy that sampled it), ``state.pt`` (JSON
@@ -94,7 +95,9 @@ def search(
     batch in parallel) or with ``ray_address`` (Ray tasks; "local" starts a local Ray
     instance; ``gpus_per_trial`` = 0.5 runs two trials per GPU). ``fingerprints`` (name ->
     str) identify the inputs; a resume with other fingerprints is refused. ``ppo_options``
-    (clip, target_kl, entropy_floor, advantage) go to :class:`PPO`, for experiments.
+    (clip, target_kl, entropy_floor, advantage) go to :class:`PPO`, for experiments, but
+    "predictor" ("kernel", the default, or "ridge"), which picks the screening predictor.
+    ``proposals`` (>= 1) is how many combinations per trial PPO draws for the screening.
     """
     if method not in METHODS:
         raise FacecleanError(f"unknown search method {method!r}; use {', '.join(METHODS)}")
