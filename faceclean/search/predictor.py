@@ -93,13 +93,10 @@ def screen(
     Past ``max_history`` trials it sees the best and the most recent half each, so a
     step stays cheap (the kernel fit is cubic in the trials it sees)."""
     if len(history) > max_history:
-        best = sorted(history, key=lambda t: -t["reward"])[: max_history // 2]
-        recent = history[-(max_history - len(best)) :]
-        seen, history = set(), []
-        for t in best + recent:
-            if id(t) not in seen:
-                seen.add(id(t))
-                history.append(t)
+        n, half = len(history), max_history // 2
+        best = sorted(range(n), key=lambda i: -history[i]["reward"])[:half]
+        recent = range(n - (max_history - half), n)
+        history = [history[i] for i in sorted(set(best).union(recent))]
     tokens = np.asarray([t["tokens"] for t in history])
     rewards = np.asarray([t["reward"] for t in history], dtype=np.float64)
     pred = PREDICTORS[predictor](tokens, rewards, candidates, sizes)
