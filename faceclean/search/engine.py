@@ -6,14 +6,14 @@ thresholds, trains its backbone with its loss, and scores ACC on the validation 
 reward R = ACC * (MACs / TARGET)^alpha (TARGET = the base backbone's MACs; alpha < 0
 penalises bigger models) updates the controller with PPO. The first ``warmup_trials``
 trials of PPO are drawn uniformly (PPO learns from them off-policy: their sampling
-probability is the uniform one). After them the controller proposes ``proposals`` x B
-combinations not tried yet and the B that a reward predictor (kernel ridge on every
-finished trial, :mod:`faceclean.search.predictor`) rates best are run: trials are
-expensive and the on-policy controller forgets what its past batches taught, the predictor
-does not. PPO learns from what was run, with the policy's own probabilities (the screening
-is not in the ratio: measured to help, not derived). ``method="random"``, ``"tpe"``
-(Optuna, batched: ask B, tell B) and ``"gaussian"`` run on the same trial function and
-budget.
+probability is the uniform one). The controller only draws combinations not tried yet, and
+once 2 B trials have finished it proposes ``proposals`` x B of them and the B that a
+reward predictor (kernel ridge on every finished trial, :mod:`faceclean.search.predictor`)
+rates best are run: trials are expensive and the on-policy controller forgets what its
+past batches taught, the predictor does not. PPO learns from what was run, with the
+policy's own probabilities (the screening is not in the ratio: measured to help, not
+derived). ``method="random"``, ``"tpe"`` (Optuna, batched: ask B, tell B) and
+``"gaussian"`` run on the same trial function and budget.
 
 Everything lands in the run folder: ``trials.jsonl`` (one line per finished trial, shaped
 like the paper's search log, with the policy entropy that sampled it), ``state.pt`` (JSON

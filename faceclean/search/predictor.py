@@ -1,9 +1,9 @@
 """A reward predictor that screens the controller's proposals.
 
-Trials cost minutes to hours; fitting a ridge regression on every finished trial costs
-milliseconds. So the PPO search can draw more candidates from its policy than it runs, and
-run the ones this predictor rates best: it sees every trial so far, which the on-policy
-controller does not.
+Trials cost minutes to hours; fitting a regression on every finished trial costs
+milliseconds to a second. So the PPO search can draw more candidates from its policy than
+it runs, and run the ones this predictor rates best: it sees every trial so far, which the
+on-policy controller does not.
 """
 
 from __future__ import annotations
