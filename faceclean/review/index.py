@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.clean import CLEAN_FORMAT, read_clean_summary
-from faceclean.data.store import as_paths, atomic_path
+from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
@@ -80,12 +80,12 @@ def _stamp(clean_dir: Path) -> dict:
 def _norms(summary: dict, paths: pa.Array) -> pa.Array:
     """The raw feature norm of each path, from the embeddings (null where unavailable)."""
     emb_paths, norms = [], []
-    for store in as_paths(summary.get("embeddings", [])):
+    for store in map(Path, summary.get("embeddings") or []):
         try:
             if "norm" not in pq.read_schema(store).names:
                 continue
             t = pq.read_table(store, columns=["path", "norm"])
-        except OSError:  # moved or deleted since the clean: the norm is optional
+        except (OSError, ValueError, pa.ArrowException):  # moved since: the norm is optional
             continue
         emb_paths.append(t["path"])
         norms.append(t["norm"])
