@@ -90,7 +90,7 @@ def test_rows_cross_row_groups(tmp_path, monkeypatch):
 def test_pages_and_thumbnails(clean_dir):
     with running(clean_dir) as (base, _):
         status, body, ctype = fetch(base + "/")
-        assert status == 200 and b"Removals (0/2)" in body
+        assert status == 200 and b"Removals (<span id='n-removals'>0</span>/2)" in body
         status, body, ctype = fetch(base + "/q/removals")
         page = body.decode()
         assert status == 200 and ctype.startswith("text/html")
@@ -174,7 +174,7 @@ def test_every_decision_is_saved_at_once_and_resumed(clean_dir):
     with running(clean_dir) as (base, app):
         assert app.first_undecided("removals") == 1
         page = fetch(base + "/q/removals")[1].decode()
-        assert "data-decision='keep'" in page and "Removals (1/2)" in page
+        assert "data-decision='keep'" in page and "n-removals'>1</span>/2)" in page
         assert "class='rej'" in fetch(base + "/q/merges")[1].decode()
     # Nothing written outside the clean folder; no temporary left inside it.
     assert sorted(p.name for p in clean_dir.parent.iterdir()) == before

@@ -194,7 +194,7 @@ def clean(
 
     ``review`` (a ``review.parquet`` of `faceclean review`) applies a person's decisions
     over the thresholds and is carried into the output folder (see
-    :mod:`faceclean.review.apply`). An existing output holding a review is not replaced
+    :mod:`faceclean.cleaning.review_apply`). An existing output holding a review is not replaced
     without one: that would lose the person's work.
     """
     embeddings, out = as_paths(embeddings), Path(output_dir)
@@ -290,14 +290,14 @@ def _read_review(review, out: Path, overwrite: bool):
                 out,
             )
         return None
-    from faceclean.review.apply import load_review
+    from faceclean.cleaning.review_apply import load_review
 
     return load_review(review)
 
 
 def _apply_review(reviewed, review, paths: dict, fr: FilterResult, mr: MergeResult, tmp: Path):
-    """Apply a review (see :mod:`faceclean.review.apply`); copy it into the new folder."""
-    from faceclean.review.apply import apply_faces, apply_merges
+    """Apply a review (see :mod:`faceclean.cleaning.review_apply`); copy it into the new folder."""
+    from faceclean.cleaning.review_apply import apply_faces, apply_merges
 
     table, data = reviewed
     counts, summary = apply_faces(table, paths["scores"], len(fr.kept_counts))

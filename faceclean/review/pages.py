@@ -33,7 +33,7 @@ display:flex;gap:14px;align-items:center;flex-wrap:wrap}
 .item.cur{border-color:#e8a400;box-shadow:0 0 0 3px #ffd36e}
 .item.keep{background:#eef8ee}.item.drop{background:#fbeaea}
 .item.accept{background:#eef8ee}.item.split{background:#fbeaea}
-.strip{font-size:11px;max-width:260px}.strip img{width:56px;height:56px;margin:1px}
+.strip{font-size:11px;width:240px}.strip img{width:56px;height:56px;margin:1px}
 .strip.own img{outline:2px solid #228833}.strip.neg img{outline:2px solid #4477aa}
 .face{text-align:center;font-size:11px;max-width:170px;word-break:break-all}
 .face img{width:112px;height:112px;outline:3px solid #cc3311}
@@ -70,7 +70,8 @@ def _header(kind: str | None, counts: dict, decided: dict) -> str:
     for k in KINDS:
         on = "on" if k == kind else ""
         links.append(
-            f"<a href='/q/{k}' class='{on}'>{TITLES[k]} ({decided.get(k, 0)}/{counts[k]})</a>"
+            f"<a href='/q/{k}' class='{on}'>{TITLES[k]} (<span id='n-{k}'>"
+            f"{decided.get(k, 0)}</span>/{counts[k]})</a>"
         )
     help_line = f"<div class='help'>{HELP[kind]}</div>" if kind else ""
     return f"<header>{''.join(links)}{help_line}</header>"
@@ -239,6 +240,8 @@ function show(el, res) {
     row.querySelector('button').textContent = res.decision ? 'rejected' : 'reject link';
     return;
   }
+  const n = document.getElementById('n-' + STATE.kind);
+  n.textContent = +n.textContent + (!!res.decision - !!el.dataset.decision);
   el.dataset.decision = res.decision || '';
   el.classList.remove('keep', 'drop', 'accept', 'split');
   if (res.decision) el.classList.add(res.decision);

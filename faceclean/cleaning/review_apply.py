@@ -28,8 +28,9 @@ import pyarrow.parquet as pq
 
 from faceclean.cleaning.dedup import components
 from faceclean.cleaning.merge import MergeResult
+from faceclean.cleaning.review_file import read_review
 from faceclean.data.store import atomic_path
-from faceclean.review.store import read_review
+from faceclean.errors import FacecleanError
 
 MISSING_SHOWN = 10
 
@@ -39,8 +40,6 @@ def load_review(path: str | Path) -> tuple[pa.Table, bytes]:
     hold it is replaced); a ``FacecleanError`` naming it when it is not a review."""
     path = Path(path)
     if not path.is_file():
-        from faceclean.errors import FacecleanError
-
         raise FacecleanError("review file not found", path)
     data = path.read_bytes()
     return read_review(path), data
