@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.clean import CLEAN_FORMAT, read_clean_summary
+from faceclean.cleaning.report_removals import negative_identities
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
@@ -125,12 +126,7 @@ def _typical(scores: pa.Table) -> pa.Table:
 def _face_queues(scores: pa.Table, tau: float, norm: pa.Array) -> dict[str, pa.Table]:
     d = scores["discriminability"].to_numpy(zero_copy_only=False).astype(np.float64)
     keep = scores["keep"].to_numpy(zero_copy_only=False)
-    labels = scores["label"].to_numpy()
-    present, first = np.unique(labels, return_index=True)
-    neg = scores["hardest_negative"].to_numpy()
-    where = np.clip(np.searchsorted(present, neg), 0, len(present) - 1)
-    neg_identity = scores["identity"].take(pa.array(first[where]))
-    neg_identity = pc.if_else(pa.array(present[where] == neg), neg_identity, None)
+    neg_identity = negative_identities(scores, scores["hardest_negative"].to_numpy())
     table = pa.table(
         {
             "key": scores["path"],
