@@ -116,7 +116,10 @@ class ReviewApp:
         return {"position": pos, "decision": decision, "link": link}
 
 
-def _handler(app: ReviewApp, allowed_hosts: set[str]) -> type[BaseHTTPRequestHandler]:
+def _handler(app: ReviewApp, allowed_hosts: set[str] | None) -> type[BaseHTTPRequestHandler]:
+    """The request handler; ``allowed_hosts`` None accepts any ``Host`` (a wildcard bind,
+    which the CLI warns about)."""
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "faceclean-review"
 
@@ -138,6 +141,8 @@ def _handler(app: ReviewApp, allowed_hosts: set[str]) -> type[BaseHTTPRequestHan
             self._send(status, text.encode(), "text/plain; charset=utf-8")
 
         def _host_ok(self) -> bool:
+            if allowed_hosts is None:
+                return True
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
             return host in allowed_hosts
 
@@ -222,7 +227,9 @@ def make_server(app: ReviewApp, host: str = "127.0.0.1", port: int = 8765) -> Th
             ) from None
         raise FacecleanError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     httpd.daemon_threads = True
-    httpd.RequestHandlerClass = _handler(app, {"127.0.0.1", "localhost", "::1", host})
+    wildcard = host in ("0.0.0.0", "::", "")
+    allowed = None if wildcard else {"127.0.0.1", "localhost", "::1", host}
+    httpd.RequestHandlerClass = _handler(app, allowed)
     return httpd
 
 
