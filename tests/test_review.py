@@ -143,6 +143,8 @@ def test_decisions_need_the_token_and_a_local_host(clean_dir):
             {"kind": "removals", "position": 99, "decision": "keep"},
             {"kind": "../x", "position": 0, "decision": "keep"},
             {"kind": "merges", "position": 0, "decision": "reject_link", "link": 7},
+            {"kind": "duplicates", "position": 0, "decision": "drop", "link": 2},
+            {"kind": "removals", "position": True, "decision": "keep"},
         ):
             assert post(base, app, bad)[0] == 400
         assert post(base, app, ok)[0] == 200

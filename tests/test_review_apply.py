@@ -116,3 +116,20 @@ def test_bad_review_files(reviewed, tmp_path):
     res, _ = clean_again(reviewed, tmp_path / "c", "--review", reviewed / "scores.parquet")
     one_error_line(res, "scores.parquet", "not a `faceclean review` file")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_one_file_of_a_duplicate_group_dropped_on_its_own(tmp_path):
+    clean_dir = make_clean(tmp_path)
+    app = ReviewApp(clean_dir)
+    files = app.index.item("duplicates", 0)["files"]
+    with pytest.raises(ValueError, match="only be dropped"):
+        app.decide({"kind": "duplicates", "position": 0, "decision": "keep", "link": 1})
+    with pytest.raises(ValueError, match="accepted or split"):
+        app.decide({"kind": "duplicates", "position": 0, "decision": "drop"})
+    app.decide({"kind": "duplicates", "position": 0, "decision": "drop", "link": 1})
+    assert app.rejected(app.index.item("duplicates", 0)) == {1}
+    res, out = clean_again(clean_dir, tmp_path / "again", "--review", clean_dir / REVIEW_FILE)
+    assert res.exit_code == 0, res.output
+    rows = listed(out)
+    assert files[0] in rows and files[1] not in rows
+    assert json.loads((out / "summary.json").read_text())["review_dropped_against_threshold"] == 1

@@ -122,8 +122,14 @@ def test_review_by_keyboard_survives_a_kill(tmp_path):
         press(driver, "s", 0, "split")
         shoot(driver, shots, "merges")
         driver.get(url + "q/duplicates")
-        press(driver, "a", 0, "accept")
+        card = driver.find_element(By.CSS_SELECTOR, ".card[data-link='1']")
+        card.find_element(By.TAG_NAME, "button").click()  # drop one file by mouse...
+        WebDriverWait(driver, 10).until(lambda d: "rej" in card.get_attribute("class"))
         shoot(driver, shots, "duplicates")
+        assert "id_0003/06.png" in pq.read_table(clean_dir / REVIEW_FILE)["key"].to_pylist()
+        card.find_element(By.TAG_NAME, "button").click()  # ...and take it back
+        WebDriverWait(driver, 10).until(lambda d: "rej" not in card.get_attribute("class"))
+        press(driver, "a", 0, "accept")
         driver.get(url)
         assert driver.find_element(By.ID, "n-removals").text == str(removals)
     finally:

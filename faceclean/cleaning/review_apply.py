@@ -8,8 +8,8 @@ with another model): faces are matched by path, groups by their identities' name
   ``accept`` is merged even where tau_inter would no longer link it, and a rejected link
   is cut; the groups are then recomputed (connected components of the remaining links);
 * a near-duplicate group decided ``accept`` (copies of one photo) keeps the first image of
-  each class and drops the others, unless the person kept one of them explicitly; ``split``
-  changes nothing.
+  each class and drops the others, unless the person decided on one of them explicitly;
+  ``split`` changes nothing; a file of the group dropped on its own is dropped.
 
 The class sums the merge uses are the thresholds' (a review changes the list training
 reads, not the centroids). Faces of the review that the new scores do not hold are
@@ -49,10 +49,10 @@ def _face_decisions(review: pa.Table) -> tuple[dict[str, str], set[str]]:
     """path -> keep/drop (explicit face decisions win over duplicate-group ones) and the
     set of explicitly decided paths."""
     rows = review.to_pylist()
-    explicit = {
+    explicit = {  # a face's own decision, from any queue that showed it
         r["file"]: r["decision"]
         for r in rows
-        if r["kind"] in ("removals", "borderline") and r["file"] is not None
+        if r["file"] is not None and r["decision"] in ("keep", "drop")
     }
     out: dict[str, str] = {}
     for r in rows:

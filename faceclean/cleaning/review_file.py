@@ -15,7 +15,8 @@ weakest link, for a group), ``link_a``/``link_b`` (the identities of a rejected 
 * a merged group: ``accept`` (one identity), ``split`` (every class its own) or
   ``reject_link`` (one decision per rejected link; its key names the link);
 * a duplicate group: ``accept`` (copies of one photo: keep one per class) or ``split``
-  (different photos: keep them all).
+  (different photos: keep them all); one of its files can also be dropped on its own
+  (``drop``, keyed by its path: which class a photo filed under two people belongs to).
 
 Every change rewrites the file under a temporary name and renames it (one click, one
 atomic write of a few KB per thousand decisions), so a kill or a closed browser loses
@@ -40,7 +41,7 @@ DECISIONS = {
     "removals": ("keep", "drop"),
     "borderline": ("keep", "drop"),
     "merges": ("accept", "split", "reject_link"),
-    "duplicates": ("accept", "split"),
+    "duplicates": ("accept", "split", "drop"),
 }
 SCHEMA = pa.schema(
     [

@@ -21,7 +21,8 @@ HELP = {
     "removals": "k keep · d drop · u undo · j/↓ next · ↑ previous · n/b next/previous page",
     "borderline": "k keep · d drop · u undo · j/↓ next · ↑ previous · n/b next/previous page",
     "merges": "a accept · s split · r reject the weakest link · u undo · j/↓ next · ↑ previous",
-    "duplicates": "a accept (copies) · s split (different photos) · u undo · j/↓ next · ↑ prev",
+    "duplicates": "a accept (copies: one per class) · s split (different photos) · u undo · "
+    "j/↓ next · ↑ prev · click 'drop file' to drop one image",
 }
 STYLE = """<style>
 body{font-family:sans-serif;margin:0;background:#f4f4f4;color:#222}
@@ -44,6 +45,7 @@ display:flex;gap:14px;align-items:center;flex-wrap:wrap}
 .card{border:1px solid #4477aa;border-radius:4px;padding:3px;font-size:11px;max-width:190px}
 .card img{width:56px;height:56px;margin:1px}
 .links{font-size:12px}.links .rej{text-decoration:line-through;color:#cc3311}
+.card.rej{opacity:.4;border-color:#cc3311}
 button{margin:2px}nav.pages{margin:10px 0}table.ov td{padding:4px 12px}
 </style>"""
 
@@ -136,7 +138,8 @@ def _merge_item(r: dict, faces: dict, decision, rejected: set) -> str:
     links = "".join(
         f"<div class='{'rej' if j in rejected else ''}' data-link='{j}'>"
         f"{_esc(names.get(r['link_a'][j]))} – {_esc(names.get(r['link_b'][j]))}: "
-        f"{_num(r['link_cosine'][j])} <button data-d='reject_link' data-link='{j}'>"
+        f"{_num(r['link_cosine'][j])} <button data-d='reject_link' data-link='{j}' "
+        f"data-on='rejected' data-off='reject link'>"
         f"{'rejected' if j in rejected else 'reject link'}</button></div>"
         for j in order
     )
@@ -152,12 +155,16 @@ def _merge_item(r: dict, faces: dict, decision, rejected: set) -> str:
     )
 
 
-def _duplicate_item(r: dict, decision) -> str:
+def _duplicate_item(r: dict, decision, dropped: set) -> str:
+    """A duplicate group; each file can also be dropped on its own (which class is right,
+    when a photo is filed under two people)."""
     cards = "".join(
-        f"<div class='card'>{_img(p)}<div>{_esc(name)} (label {lab})<br>cos {_num(c)}<br>"
-        f"<span class='fname'>{_esc(p)}</span></div></div>"
-        for p, lab, name, c in zip(
-            r["files"], r["labels"], r["identities"], r["cosines"], strict=True
+        f"<div class='card {'rej' if j in dropped else ''}' data-link='{j}'>{_img(p)}<div>"
+        f"{_esc(name)} (label {lab})<br>cos {_num(c)}<br><span class='fname'>{_esc(p)}"
+        f"</span></div><button data-d='drop' data-link='{j}' data-on='dropped' "
+        f"data-off='drop file'>{'dropped' if j in dropped else 'drop file'}</button></div>"
+        for j, (p, lab, name, c) in enumerate(
+            zip(r["files"], r["labels"], r["identities"], r["cosines"], strict=True)
         )
     )
     where = "within one class" if r["within_class"] else "ACROSS CLASSES"
@@ -183,7 +190,8 @@ def queue_page(
     rejected_of,
 ) -> str:
     """One page of a queue. ``decision_of(row)`` is the decision recorded for an item
-    (or None), ``rejected_of(row)`` the set of its rejected link indices."""
+    (or None), ``rejected_of(row)`` the set of its rejected links (a merged group) or
+    dropped files (a duplicate group), by index."""
     pages = max(1, -(-counts[kind] // PER_PAGE))
     items = []
     for r in rows:
@@ -194,7 +202,7 @@ def queue_page(
         elif kind == "merges":
             items.append(_merge_item(r, faces, decision_of(r), rejected_of(r)))
         else:
-            items.append(_duplicate_item(r, decision_of(r)))
+            items.append(_duplicate_item(r, decision_of(r), rejected_of(r)))
     nav = (
         f"<nav class='pages'>page {page_no + 1} of {pages} "
         + (f"<a href='/q/{kind}?page={page_no - 1}'>previous (b)</a> " if page_no > 0 else "")
@@ -237,7 +245,8 @@ function show(el, res) {
   if (res.link !== undefined && res.link !== null) {
     const row = el.querySelector("div[data-link='" + res.link + "']");
     row.classList.toggle('rej', !!res.decision);
-    row.querySelector('button').textContent = res.decision ? 'rejected' : 'reject link';
+    const b = row.querySelector('button');
+    b.textContent = res.decision ? b.dataset.on : b.dataset.off;
     return;
   }
   const n = document.getElementById('n-' + STATE.kind);
@@ -254,8 +263,8 @@ async function decide(i, decision, link) {
   let before;
   if (link !== undefined && link !== null) {
     const rej = el.querySelector("div[data-link='" + link + "']").classList.contains('rej');
-    before = rej ? 'reject_link' : null;
-    if (rej) decision = null;  // a second press on a rejected link takes it back
+    before = rej ? decision : null;
+    if (rej) decision = null;  // a second press on a rejected link or dropped file: back
   } else before = el.dataset.decision || null;
   const res = await post(pos, decision, link);
   if (!res) return;

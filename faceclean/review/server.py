@@ -80,6 +80,9 @@ class ReviewApp:
         return f"{row['key']} link {a} | {b}", a, b
 
     def rejected(self, row: dict) -> set[int]:
+        """Indices of a merged group's rejected links or a duplicate group's dropped files."""
+        if "files" in row:
+            return {j for j, p in enumerate(row["files"]) if self.store.decision(p) == "drop"}
         return {
             j
             for j in range(len(row.get("link_a") or []))
@@ -108,7 +111,17 @@ class ReviewApp:
                     raise ValueError("reject_link needs the index of one of the group's links")
                 key, a, b = self._link_key(row, link)
                 shown |= {"link_a": a, "link_b": b, "cosine": cos[link]}
+        elif link is not None:  # one file of a duplicate group, dropped (or cleared)
+            if not isinstance(link, int) or not 0 <= link < len(row["files"]):
+                raise ValueError("a file decision needs the index of one of the group's files")
+            if decision not in (None, "drop"):
+                raise ValueError("a file of a duplicate group can only be dropped")
+            key = row["files"][link]
+            shown = {"file": key, "label": row["labels"][link], "cosine": row["cosines"][link]}
+            shown["identities"] = [row["identities"][link]]
         else:
+            if decision not in (None, "accept", "split"):
+                raise ValueError("a duplicate group is accepted or split (or one file dropped)")
             key = row["key"]
             shown = {"files": row["files"], "identities": row["identities"]}
             shown["cosine"] = min(row["cosines"]) if row["cosines"] else None
