@@ -4,6 +4,8 @@ files, for the review tests (``from review_fixtures import ...``)."""
 from __future__ import annotations
 
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +63,16 @@ def make_clean(root: Path, **kw) -> Path:
     return out
 
 
+def fetch(url: str, data: bytes | None = None, headers: dict | None = None):
+    """(status, body bytes, content type) of one request; HTTP errors are returned too."""
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read(), r.headers.get("Content-Type")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type")
+
+
 @contextmanager
 def running(clean_dir: Path, data_root=None) -> Iterator[tuple[str, object]]:
     """A review server on a free port in a thread: yields (base URL, app)."""
@@ -75,3 +87,37 @@ def running(clean_dir: Path, data_root=None) -> Iterator[tuple[str, object]]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def make_overlap(root: Path) -> Path:
+    """An evaluation store whose ``person_x`` is id_0002 (its faces, re-embedded with
+    noise) and ``person_y`` a stranger, its images under their own root, and the
+    `faceclean overlap` folder of the training store against it."""
+    from faceclean.cleaning.overlap import find_overlap, write_overlap
+
+    train = pq.read_table(root / "emb.parquet")
+    rng = np.random.default_rng(5)
+    emb = np.stack(train["embedding"].to_numpy(zero_copy_only=False))
+    dim = emb.shape[1]
+    same = emb[[i for i, p in enumerate(train["path"].to_pylist()) if p.startswith("id_0002")]]
+    stranger = rng.standard_normal(dim)
+    x = np.concatenate([same[:6], stranger + 0.3 * rng.standard_normal((6, dim))])
+    x += 0.02 * rng.standard_normal(x.shape)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    images = make_face_folder(root.resolve() / "eval_images", identities=2, per_identity=6)
+    names = {"id_0000": "person_x", "id_0001": "person_y"}
+    for old, new in names.items():
+        (images / old).rename(images / new)
+    paths = [f"{n}/{j:02d}.png" for n in names.values() for j in range(6)]
+    schema = embedding_schema(dim, metadata={"dataset": str(images)})
+    table = embedding_table(
+        paths,
+        np.repeat([0, 1], 6),
+        [p.split("/")[0] for p in paths],
+        x.astype(np.float32),
+        np.ones(12, np.float32),
+        schema,
+    )
+    pq.write_table(table, root / "eval.parquet")
+    result = find_overlap(root / "emb.parquet", root / "eval.parquet", 0.8, None, "cpu")
+    return write_overlap(result, root / "overlap")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from helpers import one_error_line, run
-from review_fixtures import make_clean, running
+from review_fixtures import fetch, make_clean, running
 
 from faceclean.errors import FacecleanError
 from faceclean.review.index import INDEX_DIR, ReviewIndex
@@ -20,16 +18,6 @@ from faceclean.review.store import REVIEW_FILE, ReviewStore, read_review
 @pytest.fixture
 def clean_dir(tmp_path) -> Path:
     return make_clean(tmp_path)
-
-
-def fetch(url: str, data: bytes | None = None, headers: dict | None = None):
-    """(status, body bytes, content type) of one request; HTTP errors are returned too."""
-    req = urllib.request.Request(url, data=data, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read(), r.headers.get("Content-Type")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), e.headers.get("Content-Type")
 
 
 def post(base: str, app, payload: dict, token: str | None = None, host: str | None = None):

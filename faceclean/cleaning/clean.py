@@ -207,9 +207,13 @@ def clean(
     with writing(out, overwrite=overwrite, inputs=inputs, folder=True, wait=wait) as tmp:
         given = embeddings
         # --exclude / --dedup-keep: clean a copy without the dropped rows (deleted below).
+        excluded, review_summary = _reviewed_exclude(reviewed, exclude, tmp)
         embeddings, restricted = restrict_inputs(
-            given, tmp, exclude, dedup, dedup_keep, device, backend
+            given, tmp, excluded, dedup, dedup_keep, device, backend
         )
+        if excluded != exclude:  # the review kept some classes: name the folder it read
+            restricted["exclude"] = str(Path(exclude).resolve())
+            Path(excluded).unlink()
         clean_name = {"parquet": "clean.parquet", "lst": "clean.lst", "rec": "train.rec"}[fmt]
         paths = {
             "scores": tmp / "scores.parquet",
@@ -229,9 +233,10 @@ def clean(
         )
         fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
         mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
-        kept_counts, review_summary = fr.kept_counts, {}
+        kept_counts = fr.kept_counts
         if reviewed is not None:
-            kept_counts, mr, review_summary = _apply_review(reviewed, review, paths, fr, mr, tmp)
+            kept_counts, mr, applied = _apply_review(reviewed, review, paths, fr, mr, tmp)
+            review_summary |= applied
         for key in ("merges", "pairs"):
             with atomic_path(paths[key]) as part:
                 pq.write_table(mr.table if key == "merges" else mr.pairs, part)
@@ -293,6 +298,15 @@ def _read_review(review, out: Path, overwrite: bool):
     from faceclean.cleaning.review_apply import load_review
 
     return load_review(review)
+
+
+def _reviewed_exclude(reviewed, exclude, tmp: Path):
+    """``exclude`` less the overlap pairs a review split (see :mod:`.review_apply`)."""
+    if reviewed is None:
+        return exclude, {}
+    from faceclean.cleaning.review_apply import reviewed_exclude
+
+    return reviewed_exclude(reviewed[0], exclude, tmp)
 
 
 def _apply_review(reviewed, review, paths: dict, fr: FilterResult, mr: MergeResult, tmp: Path):

@@ -9,7 +9,9 @@ with another model): faces are matched by path, groups by their identities' name
   is cut; the groups are then recomputed (connected components of the remaining links);
 * a near-duplicate group decided ``accept`` (copies of one photo) keeps the first image of
   each class and drops the others, unless the person decided on one of them explicitly;
-  ``split`` changes nothing; a file of the group dropped on its own is dropped.
+  ``split`` changes nothing; a file of the group dropped on its own is dropped;
+* an overlap pair decided ``split`` (two people) keeps its training class, which
+  ``--exclude`` would drop; ``accept`` leaves it excluded.
 
 The class sums the merge uses are the thresholds' (a review changes the list training
 reads, not the centroids). Faces of the review that the new scores do not hold are
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 
 from faceclean.cleaning.dedup import components
 from faceclean.cleaning.merge import MergeResult
+from faceclean.cleaning.overlap import read_exclude
 from faceclean.cleaning.review_file import read_review
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
@@ -165,3 +168,29 @@ def apply_merges(
         "review_classes_regrouped": changed,
         "review_group_identities_missing": unknown,
     }
+
+
+def reviewed_exclude(review: pa.Table, exclude, tmp: Path) -> tuple[Path | None, dict]:
+    """The exclude list to clean with: ``exclude`` less the training classes of the overlap
+    pairs the person split (written as a label file in ``tmp``, which the caller deletes
+    once read), and the summary counts."""
+    split = {
+        r["identities"][0]
+        for r in review.to_pylist()
+        if r["kind"] == "overlap" and r["decision"] == "split" and r["identities"]
+    }
+    if not split or exclude is None:
+        return exclude, {"review_overlap_split": 0} if split else {}
+    pairs_path = Path(exclude) / "identity_pairs.parquet"
+    if not pairs_path.is_file():
+        raise FacecleanError(
+            "the review splits overlap pairs, which needs --exclude to name the `faceclean "
+            "overlap` folder (identity names), not a label list",
+            exclude,
+        )
+    pairs = pq.read_table(pairs_path, columns=["train_label", "train_identity"]).to_pylist()
+    kept = {p["train_label"] for p in pairs if p["train_identity"] in split}
+    labels = [int(x) for x in read_exclude(exclude) if int(x) not in kept]
+    listed = tmp / ".exclude-reviewed.txt"
+    listed.write_text("".join(f"{x}\n" for x in labels))
+    return listed, {"review_overlap_split": len(kept)}

@@ -5,9 +5,9 @@ Written by `faceclean review` (:mod:`faceclean.review.store`), read by
 
 One row per decided item, the latest decision for it: ``key`` (the item: a face's path, or
 a group named by its identities), ``kind`` (``removals``, ``borderline``, ``merges``,
-``duplicates``), ``decision``, ``file`` (the face's path; null for a group), ``files`` and
-``identities`` (a group's members), ``label``, the scores the item was shown with
-(``discriminability``, ``cos_pos``, ``cos_neg``, ``norm`` for a face; ``cosine``, the
+``duplicates``, ``overlap``), ``decision``, ``file`` (the face's path; null for a group),
+``files`` and ``identities`` (a group's members), ``label``, the scores the item was shown
+with (``discriminability``, ``cos_pos``, ``cos_neg``, ``norm`` for a face; ``cosine``, the
 weakest link, for a group), ``link_a``/``link_b`` (the identities of a rejected link) and
 ``time`` (UTC). Decisions:
 
@@ -16,7 +16,10 @@ weakest link, for a group), ``link_a``/``link_b`` (the identities of a rejected 
   ``reject_link`` (one decision per rejected link; its key names the link);
 * a duplicate group: ``accept`` (copies of one photo: keep one per class) or ``split``
   (different photos: keep them all); one of its files can also be dropped on its own
-  (``drop``, keyed by its path: which class a photo filed under two people belongs to).
+  (``drop``, keyed by its path: which class a photo filed under two people belongs to);
+* an overlap pair (a training class matched to an evaluation class): ``accept`` (one
+  person: the training class stays excluded) or ``split`` (two people: keep it);
+  ``identities`` holds the training identity, then the evaluation one.
 
 Every change rewrites the file under a temporary name and renames it (one click, one
 atomic write of a few KB per thousand decisions), so a kill or a closed browser loses
@@ -42,6 +45,7 @@ DECISIONS = {
     "borderline": ("keep", "drop"),
     "merges": ("accept", "split", "reject_link"),
     "duplicates": ("accept", "split", "drop"),
+    "overlap": ("accept", "split"),
 }
 SCHEMA = pa.schema(
     [

@@ -15,7 +15,9 @@ The queues, most doubtful first:
   first (singletons, D = NaN, are not borderline);
 * ``merges``: the merged groups, by their weakest link's margin over tau_inter;
 * ``duplicates``: the near-duplicate groups of ``--dedup``, those across classes first,
-  then by their weakest cosine.
+  then by their weakest cosine;
+* ``overlap``: the training classes ``--exclude`` dropped as evaluation identities, by
+  their cosine's margin over the overlap threshold (see :mod:`.overlap_queue`).
 
 ``typical.parquet`` holds, per class, its ``TYPICAL`` most typical faces (highest cos_pos
 among the kept ones; all of them for a class the filter emptied): the strips a face is
@@ -38,6 +40,7 @@ from faceclean.cleaning.report_removals import negative_identities
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
+from faceclean.review.overlap_queue import overlap_folder, overlap_queue
 
 INDEX_FORMAT = 1
 INDEX_DIR = ".review"
@@ -45,7 +48,7 @@ ROW_GROUP = 1000
 BORDER = 1.5
 TYPICAL = 5
 FACE_KINDS = ("removals", "borderline")
-GROUP_KINDS = ("merges", "duplicates")
+GROUP_KINDS = ("merges", "duplicates", "overlap")
 KINDS = FACE_KINDS + GROUP_KINDS
 _SOURCES = ("summary.json", "scores.parquet", "merges.parquet", "pairs.parquet", "dedup.parquet")
 
@@ -67,11 +70,14 @@ def check_clean_folder(clean_dir: str | Path) -> dict:
     return summary
 
 
-def _stamp(clean_dir: Path) -> dict:
+def _stamp(clean_dir: Path, summary: dict) -> dict:
     """What the index was built from: size and mtime of each source table."""
     out: dict = {"format": INDEX_FORMAT}
-    for name in _SOURCES:
-        p = clean_dir / name
+    folder = overlap_folder(summary)
+    sources = [clean_dir / n for n in _SOURCES]
+    sources += [folder / "identity_pairs.parquet"] if folder else []
+    for p in sources:
+        name = p.name if p.parent == clean_dir else str(p)
         if p.is_file():
             st = p.stat()
             out[name] = [st.st_size, st.st_mtime_ns]
@@ -232,7 +238,7 @@ def build_index(clean_dir: str | Path) -> Path:
     """(Re)build ``CLEAN_DIR/.review`` from the clean folder's tables; returns its path."""
     clean_dir = Path(clean_dir)
     summary = check_clean_folder(clean_dir)
-    stamp = _stamp(clean_dir)
+    stamp = _stamp(clean_dir, summary)
     folder = clean_dir / INDEX_DIR
     scores = pq.read_table(
         clean_dir / "scores.parquet",
@@ -252,20 +258,22 @@ def build_index(clean_dir: str | Path) -> Path:
     tables = _face_queues(scores, float(summary["tau_intra"]), _norms(summary, scores["path"]))
     tables["merges"] = _merge_queue(clean_dir, float(summary["tau_inter"]), names)
     tables["duplicates"] = _duplicate_queue(clean_dir)
+    tables["overlap"], eval_root = overlap_queue(summary)
     tables["typical"] = typical
     with writing(folder, overwrite=True, folder=True) as tmp:
         for name, table in tables.items():
             pq.write_table(table, tmp / f"{name}.parquet", row_group_size=ROW_GROUP)
         counts = {k: tables[k].num_rows for k in KINDS}
         with atomic_path(tmp / "manifest.json") as part:
-            part.write_text(json.dumps({"stamp": stamp, "counts": counts}, indent=2))
+            manifest = {"stamp": stamp, "counts": counts, "eval_root": eval_root}
+            part.write_text(json.dumps(manifest, indent=2))
     return folder
 
 
-def _current(clean_dir: Path) -> bool:
+def _current(clean_dir: Path, summary: dict) -> bool:
     manifest = clean_dir / INDEX_DIR / "manifest.json"
     try:
-        return json.loads(manifest.read_text())["stamp"] == _stamp(clean_dir)
+        return json.loads(manifest.read_text())["stamp"] == _stamp(clean_dir, summary)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -276,10 +284,11 @@ class ReviewIndex:
     def __init__(self, clean_dir: str | Path):
         self.clean_dir = Path(clean_dir)
         self.summary = check_clean_folder(self.clean_dir)
-        if not _current(self.clean_dir):
+        if not _current(self.clean_dir, self.summary):
             build_index(self.clean_dir)
         folder = self.clean_dir / INDEX_DIR
-        self.counts = json.loads((folder / "manifest.json").read_text())["counts"]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        self.counts, self.eval_root = manifest["counts"], manifest.get("eval_root")
         self.files = {k: pq.ParquetFile(folder / f"{k}.parquet") for k in KINDS}
         typical = pq.read_table(folder / "typical.parquet")
         labels = typical["label"].to_pylist()

@@ -16,6 +16,7 @@ TITLES = {
     "borderline": "Borderline kept",
     "merges": "Merged groups",
     "duplicates": "Near-duplicates",
+    "overlap": "Overlap with evaluation",
 }
 HELP = {
     "removals": "k keep · d drop · u undo · j/↓ next · ↑ previous · n/b next/previous page",
@@ -23,6 +24,8 @@ HELP = {
     "merges": "a accept · s split · r reject the weakest link · u undo · j/↓ next · ↑ previous",
     "duplicates": "a accept (copies: one per class) · s split (different photos) · u undo · "
     "j/↓ next · ↑ prev · click 'drop file' to drop one image",
+    "overlap": "a accept (one person: stays excluded) · s split (two people: keep the training "
+    "class) · u undo · j/↓ next · ↑ previous",
 }
 STYLE = """<style>
 body{font-family:sans-serif;margin:0;background:#f4f4f4;color:#222}
@@ -60,9 +63,10 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def _img(path: str, cls: str = "") -> str:
+def _img(path: str, src: str = "") -> str:
+    extra = f"&amp;src={src}" if src else ""
     return (
-        f"<img loading='lazy' class='{cls}' src='/thumb?p={quote(path, safe='')}' "
+        f"<img loading='lazy' src='/thumb?p={quote(path, safe='')}{extra}' "
         f"title='{_esc(path)}' alt='{_esc(path)}'>"
     )
 
@@ -178,6 +182,23 @@ def _duplicate_item(r: dict, decision, dropped: set) -> str:
     )
 
 
+def _overlap_item(r: dict, decision) -> str:
+    def card(title: str, faces: list[str], src: str) -> str:
+        imgs = "".join(_img(p, src) for p in faces)
+        return f"<div class='card'><div>{_esc(title)}</div>{imgs}</div>"
+
+    train = card(f"train: {r['train_identity']} (label {r['train_label']})", r["train_faces"], "")
+    ev = card(f"eval: {r['eval_identity']} (label {r['eval_label']})", r["eval_faces"], "eval")
+    return (
+        f"<div class='item overlap {decision or ''}' data-pos='{r['position']}' "
+        f"data-decision='{decision or ''}'>{train}<div class='scores'>cosine "
+        f"{_num(r['cosine'])}<br>margin {_num(r['doubt'])}</div>{ev}<div class='scores'>"
+        f"#{r['position'] + 1}<br><span class='badge {decision or ''}'>"
+        f"{decision or 'undecided'}</span><br><button data-d='accept'>accept (a)</button>"
+        "<button data-d='split'>split (s)</button></div></div>"
+    )
+
+
 def queue_page(
     kind: str,
     rows: list[dict],
@@ -201,8 +222,10 @@ def queue_page(
             items.append(_face_item(r, kind, own, neg, decision_of(r)))
         elif kind == "merges":
             items.append(_merge_item(r, faces, decision_of(r), rejected_of(r)))
-        else:
+        elif kind == "duplicates":
             items.append(_duplicate_item(r, decision_of(r), rejected_of(r)))
+        else:
+            items.append(_overlap_item(r, decision_of(r)))
     nav = (
         f"<nav class='pages'>page {page_no + 1} of {pages} "
         + (f"<a href='/q/{kind}?page={page_no - 1}'>previous (b)</a> " if page_no > 0 else "")

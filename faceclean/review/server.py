@@ -6,7 +6,8 @@ that with no dependency to install on a GPU node, and nothing is asynchronous en
 need an event loop. What a framework would add is done here by hand and tested:
 
 * GET ``/``, ``/q/<queue>?page=N`` (without a page: the page of the first undecided item,
-  so reopening resumes), ``/thumb?p=<path>`` (only images under the dataset root);
+  so reopening resumes), ``/thumb?p=<path>`` (only images under the dataset root;
+  ``&src=eval``: under the evaluation set's root, for the overlap queue);
 * POST ``/decide``: the only request that changes anything; it must carry the session's
   random token in ``X-Review-Token`` (a page of another site cannot read it), and a
   ``Host`` other than a loopback name or the bound address is refused (DNS rebinding);
@@ -54,6 +55,8 @@ class ReviewApp:
         self.index = ReviewIndex(self.clean_dir)
         root = data_root or self.index.summary.get("dataset")
         self.thumbs = Thumbnails(root, self.clean_dir / INDEX_DIR / "thumbs")
+        # The evaluation set's faces (the overlap queue) live under their own root.
+        self.eval_thumbs = Thumbnails(self.index.eval_root, self.clean_dir / INDEX_DIR / "eval")
         self.store = ReviewStore(self.clean_dir)
         self.token = secrets.token_urlsafe(24)
 
@@ -111,6 +114,12 @@ class ReviewApp:
                     raise ValueError("reject_link needs the index of one of the group's links")
                 key, a, b = self._link_key(row, link)
                 shown |= {"link_a": a, "link_b": b, "cosine": cos[link]}
+        elif kind == "overlap":
+            if decision not in (None, "accept", "split"):
+                raise ValueError("an overlap pair is accepted or split")
+            key = row["key"]
+            shown = {"identities": [row["train_identity"], row["eval_identity"]]}
+            shown |= {"label": row["train_label"], "cosine": row["cosine"]}
         elif link is not None:  # one file of a duplicate group, dropped (or cleared)
             if not isinstance(link, int) or not 0 <= link < len(row["files"]):
                 raise ValueError("a file decision needs the index of one of the group's files")
@@ -172,7 +181,8 @@ def _handler(app: ReviewApp, allowed_hosts: set[str] | None) -> type[BaseHTTPReq
             if url.path.startswith("/q/") and url.path[3:] in KINDS:
                 return self._queue(url.path[3:], query)
             if url.path == "/thumb" and "p" in query:
-                data = app.thumbs.get(query["p"][0])
+                source = app.eval_thumbs if query.get("src") == ["eval"] else app.thumbs
+                data = source.get(query["p"][0])
                 if data is None:
                     return self._text(404, "not an image under the dataset root")
                 return self._send(200, data, "image/jpeg", cache=True)
