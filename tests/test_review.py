@@ -201,3 +201,19 @@ def test_not_a_clean_folder_and_a_busy_port(tmp_path, clean_dir):
 def test_help_explains_the_keys():
     res = run("review", "--help")
     assert res.exit_code == 0 and "k keep" in res.output and "--review" in res.output
+
+
+def test_a_failed_save_changes_nothing_and_is_reported(clean_dir, monkeypatch):
+    with running(clean_dir) as (base, app):
+        ok = {"kind": "removals", "position": 0, "decision": "keep"}
+        assert post(base, app, ok)[0] == 200
+
+        def full(rows):  # the disk fills up between two clicks
+            raise OSError(28, "No space left on device", str(clean_dir / REVIEW_FILE))
+
+        monkeypatch.setattr(app.store, "_save", full)
+        status, body, _ = post(base, app, {**ok, "position": 1, "decision": "drop"})
+        assert status == 500 and b"No space left" in body
+        assert app.store.decision("id_0002/07.png") is None  # memory agrees with the disk
+        assert fetch(base + "/q/removals")[0] == 200  # and the app serves on
+    assert read_review(clean_dir / REVIEW_FILE)["decision"].to_pylist() == ["keep"]

@@ -234,6 +234,8 @@ def _handler(app: ReviewApp, allowed_hosts: set[str] | None) -> type[BaseHTTPReq
                 result = app.decide(payload)
             except (ValueError, TypeError) as e:
                 return self._text(400, str(e))
+            except OSError as e:  # disk full, folder made read-only: say so, keep serving
+                return self._text(500, f"not saved: {e.filename or ''} {e.strerror or e}")
             self._send(200, json.dumps(result).encode(), "application/json")
 
     return Handler

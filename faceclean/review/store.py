@@ -4,6 +4,7 @@ time; the file's contract is :mod:`faceclean.cleaning.review_file`."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 from pathlib import Path
 
@@ -37,19 +38,23 @@ class ReviewStore:
         if decision is not None and decision not in DECISIONS.get(kind, ()):
             raise ValueError(f"{decision!r} is not a decision for {kind}")
         with self._lock:
+            rows = dict(self.rows)  # changed only once saved: a failed save changes nothing
             if decision is None:
-                self.rows.pop(key, None)
+                rows.pop(key, None)
             else:
                 row = {n: shown.get(n) for n in SCHEMA.names}
                 row |= {"key": key, "kind": kind, "decision": decision}
                 row["time"] = dt.datetime.now(dt.timezone.utc)
-                self.rows[key] = row
-            self._save()
+                rows[key] = row
+            self._save(rows)
+            self.rows = rows
 
-    def _save(self) -> None:
-        table = pa.Table.from_pylist(list(self.rows.values()), schema=SCHEMA)
+    def _save(self, rows: dict) -> None:
+        table = pa.Table.from_pylist(list(rows.values()), schema=SCHEMA)
         with atomic_path(self.path) as tmp:
             pq.write_table(table, tmp)
-
-    def count(self, kind: str) -> int:
-        return sum(1 for r in self.rows.values() if r["kind"] == kind)
+            fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a power cut too
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
