@@ -55,6 +55,9 @@ def test_index_is_reused_and_rebuilt_when_the_clean_changes(clean_dir, tmp_path)
     built = manifest.stat().st_mtime_ns
     ReviewIndex(clean_dir)
     assert manifest.stat().st_mtime_ns == built  # unchanged tables: not rebuilt
+    (clean_dir / INDEX_DIR / "overlap.parquet").unlink()  # an index of an older version
+    assert ReviewIndex(clean_dir).counts["overlap"] == 0
+    built = manifest.stat().st_mtime_ns
     table = pq.read_table(clean_dir / "scores.parquet")
     pq.write_table(table.slice(1), clean_dir / "scores.parquet")  # a different clean
     assert ReviewIndex(clean_dir).counts["removals"] == 2

@@ -42,7 +42,7 @@ from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 from faceclean.review.overlap_queue import overlap_folder, overlap_queue
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: the overlap queue
 INDEX_DIR = ".review"
 ROW_GROUP = 1000
 BORDER = 1.5
@@ -271,9 +271,13 @@ def build_index(clean_dir: str | Path) -> Path:
 
 
 def _current(clean_dir: Path, summary: dict) -> bool:
-    manifest = clean_dir / INDEX_DIR / "manifest.json"
+    folder = clean_dir / INDEX_DIR
+    if not all((folder / f"{k}.parquet").is_file() for k in (*KINDS, "typical")):
+        return False
     try:
-        return json.loads(manifest.read_text())["stamp"] == _stamp(clean_dir, summary)
+        return json.loads((folder / "manifest.json").read_text())["stamp"] == _stamp(
+            clean_dir, summary
+        )
     except (OSError, ValueError, KeyError):
         return False
 
