@@ -2,8 +2,10 @@
 
 In one run, for a synthetic clean folder of --rows rows (and, as the baseline, one of
 --small rows, built the same way):
-  * the one-off cost: building the review index (``CLEAN_DIR/.review``), then starting the
-    app on an existing index (it reads the per-class strips, O(classes));
+  * the one-off cost: building the review index (``CLEAN_DIR/.review``; its peak memory
+    in a process of its own, against a process that only reads the scores table whole),
+    then starting the app on an existing index (it reads the per-class strips,
+    O(classes));
   * a page's HTML over HTTP (the first, a middle and the last page of the removals and
     the borderline queues; the first request of a page reads its row group, the repeat is
     cached), median of --repeats;
@@ -23,6 +25,8 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -100,6 +104,20 @@ def write_clean(folder: Path, rows: int, seed: int = 0) -> Path:
     return data
 
 
+def peak_rss(code: str) -> float:
+    """Peak resident memory (MB) of a fresh Python process running ``code``."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the (large) forking parent.
+    script = (
+        f"{code}\nfrom pathlib import Path\n"
+        "print([x for x in Path('/proc/self/status').read_text().splitlines() "
+        "if x.startswith('VmHWM')][0].split()[1])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr)
+    return int(done.stdout.split()[-1]) / 1024
+
+
 def get(url: str) -> tuple[float, bytes]:
     t = time.perf_counter()
     with urllib.request.urlopen(url, timeout=60) as r:
@@ -158,6 +176,12 @@ def measure(root: Path, rows: int, repeats: int) -> dict:
     t = time.perf_counter()
     build_index(folder)
     out["index build s"] = time.perf_counter() - t
+    out["index build peak RSS MB (own process)"] = peak_rss(
+        f"from faceclean.review.index import build_index; build_index({str(folder)!r})"
+    )
+    out["read whole scores, peak RSS MB (baseline)"] = peak_rss(
+        f"import pyarrow.parquet as pq; pq.read_table({str(folder / 'scores.parquet')!r})"
+    )
     t = time.perf_counter()
     app = ReviewApp(folder)
     out["app start s"] = time.perf_counter() - t

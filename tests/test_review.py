@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from helpers import one_error_line, run
@@ -220,3 +221,20 @@ def test_a_failed_save_changes_nothing_and_is_reported(clean_dir, monkeypatch):
         assert app.store.decision("id_0002/07.png") is None  # memory agrees with the disk
         assert fetch(base + "/q/removals")[0] == 200  # and the app serves on
     assert read_review(clean_dir / REVIEW_FILE)["decision"].to_pylist() == ["keep"]
+
+
+def test_gather_reads_chosen_rows_in_order_across_batches(clean_dir, monkeypatch):
+    from faceclean.review import face_queues
+
+    monkeypatch.setattr(face_queues, "BATCH", 5)
+    path = clean_dir / "scores.parquet"
+    rows = [40, 3, 3, 17, 0, 47]
+    got = face_queues.gather(path, np.asarray(rows), ["path", "label"])
+    whole = pq.read_table(path, columns=["path", "label"])
+    assert got.to_pylist() == whole.take(rows).to_pylist()
+    assert face_queues.gather(path, np.zeros(0, np.int64), ["path"]).num_rows == 0
+    norms = face_queues.norms([str(clean_dir.parent / "emb.parquet")], got["path"])
+    emb = pq.read_table(clean_dir.parent / "emb.parquet", columns=["path", "norm"]).to_pylist()
+    by_path = {r["path"]: r["norm"] for r in emb}
+    assert norms.to_pylist() == pytest.approx([by_path[p] for p in got["path"].to_pylist()])
+    assert face_queues.norms(["gone.parquet"], got["path"]).null_count == len(rows)

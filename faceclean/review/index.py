@@ -21,7 +21,8 @@ The queues, most doubtful first:
 
 ``typical.parquet`` holds, per class, its ``TYPICAL`` most typical faces (highest cos_pos
 among the kept ones; all of them for a class the filter emptied): the strips a face is
-shown between. It is O(classes) and read into memory when the app starts.
+shown between. It is O(classes) and read into memory when the app starts. The face
+queues are built without holding the scores table whole (see :mod:`.face_queues`).
 """
 
 from __future__ import annotations
@@ -30,23 +31,20 @@ import functools
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.clean import CLEAN_FORMAT, read_clean_summary
-from faceclean.cleaning.report_removals import negative_identities
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
+from faceclean.review.face_queues import face_queues
 from faceclean.review.overlap_queue import overlap_folder, overlap_queue
 
 INDEX_FORMAT = 2  # 2: the overlap queue
 INDEX_DIR = ".review"
 ROW_GROUP = 1000
-BORDER = 1.5
-TYPICAL = 5
 FACE_KINDS = ("removals", "borderline")
 GROUP_KINDS = ("merges", "duplicates", "overlap")
 KINDS = FACE_KINDS + GROUP_KINDS
@@ -82,78 +80,6 @@ def _stamp(clean_dir: Path, summary: dict) -> dict:
             st = p.stat()
             out[name] = [st.st_size, st.st_mtime_ns]
     return out
-
-
-def _norms(summary: dict, paths: pa.Array) -> pa.Array:
-    """The raw feature norm of each path, from the embeddings (null where unavailable)."""
-    emb_paths, norms = [], []
-    for store in map(Path, summary.get("embeddings") or []):
-        try:
-            if "norm" not in pq.read_schema(store).names:
-                continue
-            t = pq.read_table(store, columns=["path", "norm"])
-        except (OSError, ValueError, pa.ArrowException):  # moved since: the norm is optional
-            continue
-        emb_paths.append(t["path"])
-        norms.append(t["norm"])
-    if not emb_paths:
-        return pa.nulls(len(paths), pa.float32())
-    where = pc.index_in(paths, value_set=pa.chunked_array(emb_paths).combine_chunks())
-    return pc.take(pa.chunked_array(norms).combine_chunks().cast(pa.float32()), where)
-
-
-def _typical(scores: pa.Table) -> pa.Table:
-    """label, identity, faces (up to TYPICAL paths, most typical first) for every class."""
-    labels = scores["label"].to_numpy()
-    keep = scores["keep"].to_numpy(zero_copy_only=False)
-    cos = np.nan_to_num(scores["cos_pos"].to_numpy(zero_copy_only=False), nan=-2.0)
-    present, first = np.unique(labels, return_index=True)
-    kept_classes = np.unique(labels[keep])
-    candidate = keep | ~np.isin(labels, kept_classes)  # an emptied class shows its best
-    rows = np.flatnonzero(candidate)
-    rows = rows[np.lexsort((-cos[rows], labels[rows]))]
-    lab = labels[rows]
-    start = np.r_[0, np.flatnonzero(np.diff(lab)) + 1]
-    rank = np.arange(len(rows)) - np.repeat(start, np.diff(np.r_[start, len(rows)]))
-    rows = rows[rank < TYPICAL]
-    paths = scores["path"].take(pa.array(rows)).to_pylist()
-    faces: dict[int, list[str]] = {}
-    for lab_i, p in zip(labels[rows].tolist(), paths, strict=True):
-        faces.setdefault(lab_i, []).append(p)
-    return pa.table(
-        {
-            "label": pa.array(present, pa.int64()),
-            "identity": scores["identity"].take(pa.array(first)),
-            "faces": pa.array([faces.get(int(k), []) for k in present], pa.list_(pa.string())),
-        }
-    )
-
-
-def _face_queues(scores: pa.Table, tau: float, norm: pa.Array) -> dict[str, pa.Table]:
-    d = scores["discriminability"].to_numpy(zero_copy_only=False).astype(np.float64)
-    keep = scores["keep"].to_numpy(zero_copy_only=False)
-    neg_identity = negative_identities(scores, scores["hardest_negative"].to_numpy())
-    table = pa.table(
-        {
-            "key": scores["path"],
-            "path": scores["path"],
-            "label": scores["label"],
-            "identity": scores["identity"],
-            "hardest_negative": scores["hardest_negative"],
-            "negative_identity": neg_identity,
-            "discriminability": scores["discriminability"].cast(pa.float32()),
-            "cos_pos": scores["cos_pos"].cast(pa.float32()),
-            "cos_neg": scores["cos_neg"].cast(pa.float32()),
-            "norm": norm,
-        }
-    )
-    removed = np.flatnonzero(~keep)
-    removed = removed[np.argsort(np.abs(d[removed] - tau), kind="stable")]
-    upper = tau * BORDER if tau > 0 else tau + 0.1
-    with np.errstate(invalid="ignore"):
-        border = np.flatnonzero(keep & np.isfinite(d) & (d < upper))
-    border = border[np.argsort(d[border], kind="stable")]
-    return {"removals": table.take(pa.array(removed)), "borderline": table.take(pa.array(border))}
 
 
 def _merge_queue(clean_dir: Path, tau_inter: float, names: dict) -> pa.Table:
@@ -240,26 +166,16 @@ def build_index(clean_dir: str | Path) -> Path:
     summary = check_clean_folder(clean_dir)
     stamp = _stamp(clean_dir, summary)
     folder = clean_dir / INDEX_DIR
-    scores = pq.read_table(
+    tables = face_queues(
         clean_dir / "scores.parquet",
-        columns=[
-            "path",
-            "label",
-            "identity",
-            "cos_pos",
-            "hardest_negative",
-            "cos_neg",
-            "discriminability",
-            "keep",
-        ],
+        float(summary["tau_intra"]),
+        summary.get("embeddings") or [],
     )
-    typical = _typical(scores)
+    typical = tables["typical"]
     names = dict(zip(typical["label"].to_pylist(), typical["identity"].to_pylist(), strict=True))
-    tables = _face_queues(scores, float(summary["tau_intra"]), _norms(summary, scores["path"]))
     tables["merges"] = _merge_queue(clean_dir, float(summary["tau_inter"]), names)
     tables["duplicates"] = _duplicate_queue(clean_dir)
     tables["overlap"], eval_root = overlap_queue(summary)
-    tables["typical"] = typical
     with writing(folder, overwrite=True, folder=True) as tmp:
         for name, table in tables.items():
             pq.write_table(table, tmp / f"{name}.parquet", row_group_size=ROW_GROUP)
