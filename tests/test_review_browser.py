@@ -119,6 +119,12 @@ def test_review_by_keyboard_survives_a_kill(tmp_path):
         driver.get(url + "q/borderline")
         shoot(driver, shots, "borderline")
         driver.get(url + "q/merges")
+        link = driver.find_element(By.CSS_SELECTOR, "div[data-link='0']")
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys("r")  # reject the weakest link, then take it back with r again
+        WebDriverWait(driver, 10).until(lambda d: "rej" in link.get_attribute("class"))
+        body.send_keys("r")
+        WebDriverWait(driver, 10).until(lambda d: "rej" not in link.get_attribute("class"))
         press(driver, "s", 0, "split")
         shoot(driver, shots, "merges")
         driver.get(url + "q/duplicates")
