@@ -39,6 +39,7 @@ from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
 FORMATS = ("parquet", "lst", "rec")
+CLEAN_FORMAT = 1  # summary.json "format": readers refuse a folder newer than they know
 
 
 def new_labels(kept_counts: np.ndarray, merged_label: np.ndarray) -> np.ndarray:
@@ -173,6 +174,7 @@ def clean(
     exclude: str | Path | None = None,
     dedup: float | None = None,
     dedup_keep: bool = False,
+    review: str | Path | None = None,
 ) -> CleanResult:
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
@@ -189,6 +191,11 @@ def clean(
     ``exclude`` (a `faceclean overlap` folder or a label list) drops whole classes first;
     ``dedup`` (a cosine) lists near-duplicate groups in ``dedup.parquet`` and, with
     ``dedup_keep``, keeps one image per class of each (see :mod:`.dedup`).
+
+    ``review`` (a ``review.parquet`` of `faceclean review`) applies a person's decisions
+    over the thresholds and is carried into the output folder (see
+    :mod:`faceclean.cleaning.review_apply`). An existing output holding a review is not replaced
+    without one: that would lose the person's work.
     """
     embeddings, out = as_paths(embeddings), Path(output_dir)
     if fmt not in FORMATS:
@@ -196,12 +203,17 @@ def clean(
     if data_root is None and fmt == "rec":
         data_root = read_metadata(embeddings[0]).get("dataset")
     inputs = [*embeddings, data_root]
+    reviewed = _read_review(review, out, overwrite)
     with writing(out, overwrite=overwrite, inputs=inputs, folder=True, wait=wait) as tmp:
         given = embeddings
         # --exclude / --dedup-keep: clean a copy without the dropped rows (deleted below).
+        excluded, review_summary = _reviewed_exclude(reviewed, exclude, tmp)
         embeddings, restricted = restrict_inputs(
-            given, tmp, exclude, dedup, dedup_keep, device, backend
+            given, tmp, excluded, dedup, dedup_keep, device, backend
         )
+        if excluded != exclude:  # the review kept some classes: name the folder it read
+            restricted["exclude"] = str(Path(exclude).resolve())
+            Path(excluded).unlink()
         clean_name = {"parquet": "clean.parquet", "lst": "clean.lst", "rec": "train.rec"}[fmt]
         paths = {
             "scores": tmp / "scores.parquet",
@@ -221,10 +233,14 @@ def clean(
         )
         fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
         mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
+        kept_counts = fr.kept_counts
+        if reviewed is not None:
+            kept_counts, mr, applied = _apply_review(reviewed, review, paths, fr, mr, tmp)
+            review_summary |= applied
         for key in ("merges", "pairs"):
             with atomic_path(paths[key]) as part:
                 pq.write_table(mr.table if key == "merges" else mr.pairs, part)
-        mapping = new_labels(fr.kept_counts, mr.merged_label)
+        mapping = new_labels(kept_counts, mr.merged_label)
         rows = write_clean_list(
             paths["scores"],
             mapping,
@@ -236,6 +252,7 @@ def clean(
         if embeddings != given:
             embeddings[0].unlink()
         summary = {
+            "format": CLEAN_FORMAT,
             "embeddings": [str(e) for e in given],
             # The image root training reads the list against (absolute since extract 0.2).
             "dataset": str(data_root or read_metadata(given[0]).get("dataset") or "") or None,
@@ -259,9 +276,47 @@ def clean(
             "clean_classes": int(mapping.max() + 1) if (mapping >= 0).any() else 0,
             "search_backend": fr.device,
             **restricted,
+            **review_summary,
         }
         with atomic_path(paths["summary"]) as part:
             part.write_text(json.dumps(summary, indent=2))
         r = CleanResult(fr, mr, rows, summary["clean_classes"], paths, summary)
     r.outputs = {k: out / p.name for k, p in r.outputs.items()}
     return r
+
+
+def _read_review(review, out: Path, overwrite: bool):
+    """The review to apply, read before the output folder (which may hold it) is replaced."""
+    if review is None:
+        if overwrite and (out / "review.parquet").is_file():
+            raise FacecleanError(
+                "holds review.parquet, a person's review decisions: pass --review "
+                f"{out / 'review.parquet'} to apply and keep them, or move the file away",
+                out,
+            )
+        return None
+    from faceclean.cleaning.review_apply import load_review
+
+    return load_review(review)
+
+
+def _reviewed_exclude(reviewed, exclude, tmp: Path):
+    """``exclude`` less the overlap pairs a review split (see :mod:`.review_apply`)."""
+    if reviewed is None:
+        return exclude, {}
+    from faceclean.cleaning.review_apply import reviewed_exclude
+
+    return reviewed_exclude(reviewed[0], exclude, tmp)
+
+
+def _apply_review(reviewed, review, paths: dict, fr: FilterResult, mr: MergeResult, tmp: Path):
+    """Apply a review (see :mod:`faceclean.cleaning.review_apply`); copy it into the new folder."""
+    from faceclean.cleaning.review_apply import apply_faces, apply_merges
+
+    table, data = reviewed
+    counts, summary = apply_faces(table, paths["scores"], len(fr.kept_counts))
+    names = pq.read_table(paths["scores"], columns=["label", "identity"])
+    names = dict(zip(names["identity"].to_pylist(), names["label"].to_pylist(), strict=True))
+    mr, merge_summary = apply_merges(table, names, mr, np.flatnonzero(counts > 0))
+    (tmp / "review.parquet").write_bytes(data)  # inside the folder swapped in whole
+    return counts, mr, {"review": str(Path(review).resolve()), **summary, **merge_summary}

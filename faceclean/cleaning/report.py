@@ -5,8 +5,9 @@ default; built aside and swapped in whole, an existing one needs ``overwrite``):
 ``discriminability.png`` (histogram of D, threshold marked), ``drops_per_class.csv``
 (classes by number of dropped samples), ``groups.csv`` (every merged group with its links),
 ``contact_sheet.png`` (the lowest-D samples beside the typical faces of their own class and
-of their hardest negative; only when the images can be read), and ``report.html`` tying
-them together.
+of their hardest negative; only when the images can be read), every removal with its file
+name (``removals.csv`` and ``removals/page-NNNN.html``, see :mod:`.report_removals`), and
+``report.html`` tying them together.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from faceclean.cleaning.clean import read_clean_summary
 from faceclean.cleaning.report_groups import face_sections
+from faceclean.cleaning.report_removals import removals_section, write_removals
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import decode_image
 from faceclean.data.store import as_paths, atomic_path, read_metadata
@@ -191,6 +193,8 @@ def _write_report(clean_dir: Path, summary: dict, data_root, folder: Path) -> di
         out["contact_sheet"] = folder / "contact_sheet.png"
         _contact_sheet(scores, Path(root), out["contact_sheet"])
 
+    removal_files, removals = write_removals(scores, folder)
+    out |= removal_files
     out["html"] = folder / "report.html"
     top = drops.slice(0, 20).to_pylist()
     groups = summary.get("largest_groups", [])
@@ -225,6 +229,7 @@ def _write_report(clean_dir: Path, summary: dict, data_root, folder: Path) -> di
             "typical faces; blue: its hardest negative class's</p>"
             "<img src='contact_sheet.png'>"
         )
+    parts.append(removals_section(out, removals))
     # Faces side by side: merged groups, evaluation overlap, near-duplicates (data URIs).
     parts += face_sections(
         clean_dir, summary, scores, root if root and Path(root).exists() else None

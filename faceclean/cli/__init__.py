@@ -4,7 +4,14 @@
 ``train`` and ``search`` each register their stage's verbs on the group when imported.
 """
 
-from faceclean.cli import clean, doctor, extract, search, train  # noqa: F401  (registers the verbs)
+from faceclean.cli import (  # noqa: F401  (registers the verbs)
+    clean,
+    doctor,
+    extract,
+    review,
+    search,
+    train,
+)
 from faceclean.cli.common import main
 
 __all__ = ["main"]

@@ -200,6 +200,12 @@ def merge_cmd(
     is_flag=True,
     help="With --dedup, keep one image per class of each duplicate group.",
 )
+@click.option(
+    "--review",
+    type=click.Path(path_type=Path),
+    help="Apply a person's decisions (review.parquet of `faceclean review`) over the "
+    "thresholds; files it names that this clean lacks are reported.",
+)
 def clean_cmd(
     embeddings,
     tau_intra,
@@ -217,6 +223,7 @@ def clean_cmd(
     exclude,
     dedup,
     dedup_keep,
+    review,
 ):
     """Filter, merge and write the clean list that `faceclean train` reads.
 
@@ -240,9 +247,16 @@ def clean_cmd(
         exclude=exclude,
         dedup=dedup,
         dedup_keep=dedup_keep,
+        review=review,
     )
     _warn(r.merge.warning)
-    s = {k: v for k, v in r.summary.items() if k not in ("largest_groups", "warning")}
+    if r.summary.get("review_missing_files"):
+        _warn(
+            f"{r.summary['review_missing_files']} reviewed file(s) are not in this clean, e.g. "
+            + ", ".join(r.summary["review_missing_examples"][:3])
+        )
+    hide = ("largest_groups", "warning", "review_missing_examples")
+    s = {k: v for k, v in r.summary.items() if k not in hide}
     s["clean list"] = str(r.outputs["clean"])
     _summary_table("faceclean clean", s)
 
