@@ -151,7 +151,9 @@ def open_stores(paths) -> list[tuple[Path, pq.ParquetFile]]:
     extractions' label 0 would silently become one class. Raises FacecleanError naming the
     shard at fault.
     """
-    stores = [(p, open_store(p)) for p in as_paths(paths)]
+    given = as_paths(paths)
+    _refuse_repeats(given)
+    stores = [(p, open_store(p)) for p in given]
     first, first_pf = stores[0]
     dim = first_pf.schema_arrow.field("embedding").type.list_size
     for p, pf in stores[1:]:
@@ -162,7 +164,64 @@ def open_stores(paths) -> list[tuple[Path, pq.ParquetFile]]:
             )
     if len(stores) > 1:
         _check_one_extraction(stores)
+        _check_shards(stores)
     return stores
+
+
+def _refuse_repeats(paths: list[Path]) -> None:
+    """One store named twice (also through another spelling, a symlink or a hard link)
+    would be read as every image twice, which also defeats leave-one-out centroids."""
+    seen: dict[tuple[int, int], Path] = {}
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # open_store names the missing or unreadable file
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise FacecleanError(f"given twice (also as {seen[key]}): each store is read once", p)
+        seen[key] = p
+
+
+def _check_shards(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
+    """Shards given together must be distinct slices of one split (``extract --shard I/N``):
+    ``0/2`` with ``1/3`` would miss some rows and double others, a shard twice or a shard
+    beside the whole extraction would double its rows."""
+    slices: dict[int, Path] = {}
+    count = None
+    sharded = [(p, _meta(pf)) for p, pf in stores if "shard" in _meta(pf)]
+    if not sharded:
+        return  # independent stores: open_stores has checked their label spaces agree
+    spaces = {m.get("label_space") for _, m in sharded}
+    for p, pf in stores:
+        meta = _meta(pf)
+        if "shard" not in meta and meta.get("label_space") in spaces:
+            raise FacecleanError(
+                "the whole extraction given with its own shards: its rows would be read "
+                "twice; give either the whole store or its shards",
+                p,
+            )
+    for p, meta in sharded:
+        shard = meta["shard"]
+        try:
+            i, n = (int(v) for v in shard)
+        except (TypeError, ValueError):
+            raise FacecleanError(f"its metadata records a malformed shard {shard!r}", p) from None
+        if count is None:
+            count = (n, p)
+        elif n != count[0]:
+            raise FacecleanError(
+                f"shard {i}/{n} given with shards of {count[0]} ({count[1].name}): shards of "
+                "different splits miss some rows and double others; use one --shard I/N split",
+                p,
+            )
+        if i in slices:
+            raise FacecleanError(
+                f"shard {i}/{n} is given twice (also {slices[i].name}): its rows would be "
+                "read twice",
+                p,
+            )
+        slices[i] = p
 
 
 _SAME = (("model_sha256", "model (sha256)"), ("preprocessing", "preprocessing"), ("flip", "flip"))
