@@ -89,6 +89,13 @@ class OneLineUsage(click.Command):
             e.ctx = None  # no context: click prints the message alone
             raise
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:  # checks between options, made in the verb's body
+            e.ctx = None
+            raise
+
 
 # Output-path failures the checks before work cannot foresee (disk full, a quota, a folder
 # made read-only meanwhile): one line naming the file, not a traceback.
@@ -167,7 +174,7 @@ _backend = click.option(
 )
 _batch_rows = click.option(
     "--batch-rows",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1 << 30),
     default=65536,
     show_default=True,
     help="Rows per streamed batch (bounds memory).",
@@ -192,7 +199,10 @@ _tau_inter = click.option(
     help="Merge classes whose centroid cosine exceeds this (paper: 0.62); below 0 needs --force.",
 )
 _force = click.option(
-    "--force", is_flag=True, help="Accept a --tau-inter below 0 (merges almost everything)."
+    "--force",
+    is_flag=True,
+    help="Accept a threshold that is almost certainly a typo: --tau-inter below 0 (merges "
+    "almost everything); on clean, --dedup below 0.8.",
 )
 _max_group = click.option(
     "--max-group-size",
