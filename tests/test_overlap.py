@@ -193,3 +193,17 @@ def test_one_store_given_twice_is_refused(tmp_path):
     store = write_embedding_store(tmp_path / "a.parquet", x, y)
     with pytest.raises(FacecleanError, match="are the same file"):
         find_overlap(store, store, 0.5)
+
+
+def test_overlap_with_an_empty_store_is_one_line(tmp_path):
+    """An empty evaluation store was a ZeroDivisionError; an empty training one exit 0."""
+    x, y = clustered_embeddings(4, 5, dim=16, seed=0)
+    full = write_embedding_store(tmp_path / "full.parquet", x, y)
+    empty = write_embedding_store(tmp_path / "empty.parquet", x[:0], y[:0])
+    for train, evaluation, role in [(full, empty, "evaluation"), (empty, full, "training")]:
+        res = CliRunner().invoke(
+            main, ["overlap", str(train), str(evaluation), "-o", str(tmp_path / "ov")]
+        )
+        assert res.exit_code == 2, res.output
+        assert f"empty.parquet: the {role} store has no embeddings" in res.output
+        assert res.output.strip().count("\n") == 0 and not (tmp_path / "ov").exists()

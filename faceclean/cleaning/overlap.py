@@ -119,6 +119,11 @@ def find_overlap(
     _comparable(open_stores(train)[0], open_stores(evaluation)[0])
     ts, tc = class_sums(train)
     es, ec = class_sums(evaluation)
+    for paths, counts, role in ((train, tc, "training"), (evaluation, ec, "evaluation")):
+        if not counts.any():
+            raise FacecleanError(
+                f"the {role} store has no embeddings: nothing to compare", paths[0]
+            )
     t_lab, e_lab = np.flatnonzero(tc > 0), np.flatnonzero(ec > 0)
     t_cen = normalise_rows(ts[t_lab]).astype(np.float32)
     e_cen = normalise_rows(es[e_lab]).astype(np.float32)
