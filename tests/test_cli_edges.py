@@ -35,3 +35,30 @@ def test_input_size_below_what_the_backbone_takes_is_an_option_error(verb):
     res = CliRunner().invoke(main, [verb, "--input-size", "16", "x"])
     assert res.exit_code == 2 and "--input-size" in res.output and "32" in res.output
     assert res.output.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"{not json", "metadata is not JSON"),
+        (b"[1, 2]", "metadata is not a JSON object"),
+        (b'{"dataset": 5}', "metadata has a malformed 'dataset' (int, not str)"),
+        (b'{"shard": "0/2"}', "metadata has a malformed 'shard'"),
+        (b'{"flip": 1}', "metadata has a malformed 'flip'"),
+    ],
+)
+def test_store_metadata_that_declares_nonsense_is_one_line(tmp_path, raw, message):
+    """Each was a JSONDecodeError, AttributeError or TypeError traceback in filter/clean."""
+    import pyarrow.parquet as pq
+
+    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
+
+    x, y = clustered_embeddings(4, 5, dim=16, seed=0)
+    path = write_embedding_store(tmp_path / "e.parquet", x, y)
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({b"faceclean": raw}), path)
+    for verb in ("filter", "clean"):
+        res = CliRunner().invoke(main, [verb, str(path), "-o", str(tmp_path / verb)])
+        assert res.exit_code == 2, res.output
+        assert f"e.parquet: its faceclean {message}" in res.output.replace("\n", " ")
+        assert res.output.strip().count("\n") == 0

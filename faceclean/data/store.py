@@ -94,10 +94,47 @@ def write_tables(*pairs: tuple[pa.Table, Path]) -> None:
             pq.write_table(table, tmp)
 
 
+# The metadata keys code reads as more than an opaque value, and the JSON types they must
+# have: a file can declare anything, and a number where a folder name belongs would reach
+# Path() as a traceback.
+_METADATA_TYPES = {
+    "dataset": str,
+    "num_classes": int,
+    "dim": int,
+    "preprocessing": dict,
+    "flip": bool,
+    "shard": list,
+}
+
+
+def parse_metadata(raw: bytes | None, path: str | Path) -> dict:
+    """The ``faceclean`` metadata (JSON bytes from the Parquet schema) as a dict, ``{}`` when
+    absent; raises FacecleanError naming ``path`` when it is not a JSON object or a key in
+    :data:`_METADATA_TYPES` has another type."""
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
+        raise FacecleanError("its faceclean metadata is not JSON", path) from None
+    if not isinstance(meta, dict):
+        raise FacecleanError("its faceclean metadata is not a JSON object", path)
+    for key, kind in _METADATA_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (
+            not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
+        ):
+            raise FacecleanError(
+                f"its faceclean metadata has a malformed {key!r} ({type(value).__name__}, "
+                f"not {kind.__name__})",
+                path,
+            )
+    return meta
+
+
 def read_metadata(path: str | Path) -> dict:
     """The ``faceclean`` metadata of an embedding store (empty dict if absent)."""
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    return parse_metadata((pq.read_schema(path).metadata or {}).get(METADATA_KEY), path)
 
 
 def open_store(path: str | Path) -> pq.ParquetFile:
@@ -128,6 +165,7 @@ def open_store(path: str | Path) -> pq.ParquetFile:
             f"column 'embedding' has type {emb}, expected fixed_size_list<float32|float16>[dim]",
             path,
         )
+    _meta(pf, path)  # malformed metadata is refused here, before any work
     return pf
 
 
@@ -189,12 +227,12 @@ def _check_shards(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
     beside the whole extraction would double its rows."""
     slices: dict[int, Path] = {}
     count = None
-    sharded = [(p, _meta(pf)) for p, pf in stores if "shard" in _meta(pf)]
+    sharded = [(p, _meta(pf, p)) for p, pf in stores if "shard" in _meta(pf, p)]
     if not sharded:
         return  # independent stores: open_stores has checked their label spaces agree
     spaces = {m.get("label_space") for _, m in sharded}
     for p, pf in stores:
-        meta = _meta(pf)
+        meta = _meta(pf, p)
         if "shard" not in meta and meta.get("label_space") in spaces:
             raise FacecleanError(
                 "the whole extraction given with its own shards: its rows would be read "
@@ -227,17 +265,18 @@ def _check_shards(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
 _SAME = (("model_sha256", "model (sha256)"), ("preprocessing", "preprocessing"), ("flip", "flip"))
 
 
-def _meta(pf: pq.ParquetFile) -> dict:
-    meta = pf.schema_arrow.metadata or {}
-    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+def _meta(pf: pq.ParquetFile, path: Path) -> dict:
+    return parse_metadata((pf.schema_arrow.metadata or {}).get(METADATA_KEY), path)
 
 
 def _check_one_extraction(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
     first, first_pf = stores[0]
-    ref = _meta(first_pf)
-    differ_labels = any(_meta(pf).get("label_space") != ref.get("label_space") for _, pf in stores)
+    ref = _meta(first_pf, first)
+    differ_labels = any(
+        _meta(pf, p).get("label_space") != ref.get("label_space") for p, pf in stores
+    )
     for p, pf in stores[1:]:
-        meta = _meta(pf)
+        meta = _meta(pf, p)
         for key, what in _SAME:
             if key in ref and key in meta and ref[key] != meta[key]:
                 raise FacecleanError(
