@@ -62,3 +62,51 @@ def test_store_metadata_that_declares_nonsense_is_one_line(tmp_path, raw, messag
         assert res.exit_code == 2, res.output
         assert f"e.parquet: its faceclean {message}" in res.output.replace("\n", " ")
         assert res.output.strip().count("\n") == 0
+
+
+def _pool_model(path, shape, meta=None):
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, [shape[0], 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if meta:
+        helper.set_model_props(model, {"faceclean.preprocessing": meta})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "shape, meta, message",
+    [
+        ([1, 3, 100000, 100000], None, "declares 100000x100000 pixels"),
+        ([0, 3, 112, 112], None, "onnxruntime cannot run the model on 112x112 images"),
+        ([1, 3, 112, 112], "{bad", "recorded preprocessing (faceclean.preprocessing) is malformed"),
+        ([1, 3, 112, 112], "[1]", "recorded preprocessing (faceclean.preprocessing) is malformed"),
+        (
+            [1, 3, 112, 112],
+            '{"mean": [0, 0, NaN], "std": [1, 1, 1], "channels": "RGB", "height": 112, '
+            '"width": 112}',
+            "has a NaN or infinite value",
+        ),
+    ],
+)
+def test_a_model_declaring_nonsense_is_one_line(faces, tmp_path, shape, meta, message):
+    """Each was a traceback in extract (one allocated 447 GiB for its probe)."""
+    model = _pool_model(tmp_path / "m.onnx", shape, meta)
+    res = CliRunner().invoke(
+        main, ["extract", str(faces), "-m", str(model), "-o", str(tmp_path / "e.parquet"), "-q"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "m.onnx: " in res.output and message in res.output.replace("\n", " ")
+    assert res.output.strip().count("\n") == 0 and not (tmp_path / "e.parquet").exists()
