@@ -77,3 +77,30 @@ def test_clean_dedup_keep_drops_the_copies_before_the_centroids(tmp_path):
     res = CliRunner().invoke(main, ["clean", str(store), "-o", str(out2), "--dedup", "0.98"])
     assert res.exit_code == 0, res.output
     assert json.loads((out2 / "summary.json").read_text())["samples"] == len(y)
+
+
+def test_dedup_options_that_would_silently_mislead_are_refused(tmp_path):
+    """--dedup -1 --dedup-keep dropped 72 of 80 images; --dedup-keep alone was ignored."""
+    store, x, y = _with_duplicates(tmp_path)
+    out = tmp_path / "c"
+    for args, message in [
+        (["--dedup", "-1", "--dedup-keep"], "pass --force"),
+        (["--dedup", "0.5"], "pass --force"),
+        (["--dedup-keep"], "--dedup-keep needs --dedup"),
+    ]:
+        res = CliRunner().invoke(main, ["clean", str(store), "-o", str(out), *args])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert res.output.strip().count("\n") == 0 and not out.exists()
+    res = CliRunner().invoke(
+        main, ["clean", str(store), "-o", str(out), "--dedup", "0.5", "--force"]
+    )
+    assert res.exit_code == 0, res.output
+
+
+def test_huge_batch_rows_is_one_line(tmp_path):
+    store, _, _ = _with_duplicates(tmp_path)
+    res = CliRunner().invoke(
+        main, ["filter", str(store), "-o", str(tmp_path / "s.parquet"), "--batch-rows", "1" * 25]
+    )
+    assert res.exit_code == 2 and "--batch-rows" in res.output, res.output
+    assert res.output.strip().count("\n") == 0

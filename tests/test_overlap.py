@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -84,6 +85,40 @@ def test_read_exclude_text_and_errors(tmp_path):
         read_exclude(tmp_path / "bad.txt")
     with pytest.raises(FacecleanError, match="no exclude list"):
         read_exclude(tmp_path)
+    (tmp_path / "binary.lst").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(FacecleanError, match="binary.lst: not an exclude list"):
+        read_exclude(tmp_path / "binary.lst")
+
+
+def test_exclude_from_another_label_space_or_any_table_is_refused(tmp_path):
+    """Both dropped classes by number before, whoever those numbers were in this store."""
+    x, y = clustered_embeddings(40, 10, dim=64, seed=3)
+    train, evaluation = _split(tmp_path, x, y)
+    out = tmp_path / "ov"
+    assert (
+        CliRunner()
+        .invoke(main, ["overlap", str(train), str(evaluation), "--tau", "0.6", "-o", str(out)])
+        .exit_code
+        == 0
+    )
+    # The same exclude list against a store whose labels name other people.
+    other = write_embedding_store(tmp_path / "other.parquet", x[:300], y[:300])
+    renamed = pq.read_table(other).set_column(
+        2, "identity", pa.array([f"person{v}" for v in y[:300]], pa.string())
+    )
+    pq.write_table(renamed, other)
+    # A table with a label column that is not an overlap result.
+    pq.write_table(pa.table({"label": pa.array([1, 2], pa.int64())}), tmp_path / "labels.parquet")
+    for exclude, message in [
+        (out, "comes from another label space"),
+        (tmp_path / "labels.parquet", "not an `overlap` exclude table"),
+    ]:
+        res = CliRunner().invoke(
+            main, ["clean", str(other), "-o", str(tmp_path / "c"), "--exclude", str(exclude)]
+        )
+        assert res.exit_code == 2, res.output
+        assert message in res.output and res.output.strip().count("\n") == 0, res.output
+        assert not (tmp_path / "c").exists()
 
 
 def _orl_store(path, model, people, images, rename=None, first_label=0):
@@ -158,3 +193,17 @@ def test_one_store_given_twice_is_refused(tmp_path):
     store = write_embedding_store(tmp_path / "a.parquet", x, y)
     with pytest.raises(FacecleanError, match="are the same file"):
         find_overlap(store, store, 0.5)
+
+
+def test_overlap_with_an_empty_store_is_one_line(tmp_path):
+    """An empty evaluation store was a ZeroDivisionError; an empty training one exit 0."""
+    x, y = clustered_embeddings(4, 5, dim=16, seed=0)
+    full = write_embedding_store(tmp_path / "full.parquet", x, y)
+    empty = write_embedding_store(tmp_path / "empty.parquet", x[:0], y[:0])
+    for train, evaluation, role in [(full, empty, "evaluation"), (empty, full, "training")]:
+        res = CliRunner().invoke(
+            main, ["overlap", str(train), str(evaluation), "-o", str(tmp_path / "ov")]
+        )
+        assert res.exit_code == 2, res.output
+        assert f"empty.parquet: the {role} store has no embeddings" in res.output
+        assert res.output.strip().count("\n") == 0 and not (tmp_path / "ov").exists()

@@ -254,3 +254,20 @@ def test_a_corrupt_training_image_is_skipped_counted_and_limited(tmp_path, faces
     ):
         train(cfg, tmp_path / "strict", max_failures=0)
     assert not (tmp_path / "strict" / "checkpoint.pt").exists()
+
+
+def test_a_bin_declaring_absurd_contents_is_one_error(tmp_path):
+    """Each reached code that trusted it: a TypeError traceback, or five zero bytes read as
+    an image."""
+    cases = {
+        "holds int and list": (5, [True]),
+        "flags are not": ([b"a", b"b"], ["yes"]),
+        "not bytes": ([b"a", 5], [True]),
+        "flags are not all": ([b"a", b"b"], [2]),
+        "holds str and list": ("ab", [True]),
+    }
+    for i, (message, payload) in enumerate(cases.items()):
+        path = tmp_path / f"b{i}.bin"
+        path.write_bytes(_bin_bytes(payload, 4))
+        with pytest.raises(FacecleanError, match=f"b{i}.bin: .*{message}"):
+            load_bin(path)

@@ -114,3 +114,35 @@ def test_ray_tasks_give_the_same_shards(tmp_path, faces, tiny_model):
         b = _rows(pq.read_table(shard_path(tmp_path / "b.parquet", i, 3)))
         assert a[:3] == b[:3]
         np.testing.assert_allclose(a[3], b[3], atol=1e-6)
+
+
+def test_shards_given_twice_or_of_different_splits_are_refused(tmp_path, faces, tiny_model):
+    """Each was read as one store before: rows doubled, rows missing, exit 0."""
+    out = tmp_path / "e.parquet"
+    for split in ("all/2", "all/3"):
+        args = ["extract", str(faces), "-m", str(tiny_model), "-o", str(out), "--shard", split]
+        assert CliRunner().invoke(main, [*args, "-q"]).exit_code == 0
+    whole = tmp_path / "whole.parquet"
+    res = CliRunner().invoke(main, ["extract", str(faces), "-m", str(tiny_model), "-o", str(whole)])
+    assert res.exit_code == 0
+    a0, a1 = shard_path(out, 0, 2), shard_path(out, 1, 2)
+    b1 = shard_path(out, 1, 3)
+    link = tmp_path / "again.parquet"
+    link.symlink_to(a0)
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(a0.read_bytes())
+    cases = {
+        "given twice": [a0, a0, a1],
+        "also as": [a0, link],
+        "different splits": [a0, b1],
+        "shard 0/2 is given twice": [a0, copy, a1],
+        "whole extraction given with its own shards": [whole, a0, a1],
+    }
+    for expected, stores in cases.items():
+        res = CliRunner().invoke(
+            main, ["filter", *map(str, stores), "-o", str(tmp_path / "s.parquet")]
+        )
+        assert res.exit_code == 2, (expected, res.output)
+        assert expected in res.output and res.output.strip().count("\n") == 0, res.output
+    ok = CliRunner().invoke(main, ["filter", str(a0), str(a1), "-o", str(tmp_path / "s.parquet")])
+    assert ok.exit_code == 0, ok.output

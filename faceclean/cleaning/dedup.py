@@ -166,7 +166,7 @@ def restrict_inputs(
     summary: dict = {}
     drop_labels, keep_row = None, None
     if exclude is not None:
-        drop_labels = read_exclude(exclude)
+        drop_labels = read_exclude(exclude, identities(embeddings))
         summary["exclude"] = str(Path(exclude).resolve())
     if dedup is not None:
         dr = find_duplicates(embeddings, dedup, dedup_keep, device, backend)

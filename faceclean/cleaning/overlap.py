@@ -119,6 +119,11 @@ def find_overlap(
     _comparable(open_stores(train)[0], open_stores(evaluation)[0])
     ts, tc = class_sums(train)
     es, ec = class_sums(evaluation)
+    for paths, counts, role in ((train, tc, "training"), (evaluation, ec, "evaluation")):
+        if not counts.any():
+            raise FacecleanError(
+                f"the {role} store has no embeddings: nothing to compare", paths[0]
+            )
     t_lab, e_lab = np.flatnonzero(tc > 0), np.flatnonzero(ec > 0)
     t_cen = normalise_rows(ts[t_lab]).astype(np.float32)
     e_cen = normalise_rows(es[e_lab]).astype(np.float32)
@@ -188,25 +193,32 @@ def write_overlap(result: OverlapResult, output: str | Path, overwrite: bool = F
     return output
 
 
-def read_exclude(path: str | Path) -> np.ndarray:
+def read_exclude(path: str | Path, store_names: dict[int, str] | None = None) -> np.ndarray:
     """Training labels to drop, from an `overlap` folder, its ``exclude.parquet``, or a text
-    file of one integer label per line (``#`` comments allowed)."""
+    file of one integer label per line (``#`` comments allowed).
+
+    An ``exclude.parquet`` must have `overlap`'s ``label`` and ``identity`` columns, and with
+    ``store_names`` (label -> identity of the store being cleaned) every row's identity must
+    be that label's identity there: labels from another label space would drop other people.
+    Raises FacecleanError naming the file on anything else (another table, a binary file).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / EXCLUDE_FILE
     if not path.is_file():
         raise FacecleanError("no exclude list here (run `faceclean overlap -o` first)", path)
     if path.suffix == ".parquet":
-        try:
-            labels = pq.read_table(path, columns=["label"])["label"].to_numpy()
-        except Exception as e:
-            msg = str(e).splitlines()[0][:100]
-            raise FacecleanError(
-                f"not an exclude table with a 'label' column ({msg})", path
-            ) from None
-        return np.unique(labels.astype(np.int64))
+        return _exclude_table(path, store_names)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise FacecleanError(
+            "not an exclude list: neither an `overlap` folder or exclude.parquet nor UTF-8 "
+            "text of one integer label per line",
+            path,
+        ) from None
     labels = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#")[0].strip()
         if not line:
             continue
@@ -215,3 +227,30 @@ def read_exclude(path: str | Path) -> np.ndarray:
         except ValueError:
             raise FacecleanError(f"line {n}: {line[:40]!r} is not an integer label", path) from None
     return np.unique(np.asarray(labels, np.int64))
+
+
+def _exclude_table(path: Path, store_names: dict[int, str] | None) -> np.ndarray:
+    try:
+        table = pq.read_table(path)
+    except Exception as e:
+        msg = str(e).splitlines()[0][:100]
+        raise FacecleanError(f"not a Parquet exclude table ({msg})", path) from None
+    missing = {"label", "identity"} - set(table.column_names)
+    if missing or not pa.types.is_integer(table.schema.field("label").type):
+        raise FacecleanError(
+            "not an `overlap` exclude table: it needs an integer 'label' and an 'identity' "
+            "column (a plain label list goes in a text file, one label per line)",
+            path,
+        )
+    labels = table["label"].to_numpy(zero_copy_only=False).astype(np.int64)
+    if store_names is not None:
+        names = table["identity"].to_pylist()
+        for label, name in zip(labels.tolist(), names, strict=True):
+            if label in store_names and store_names[label] != str(name):
+                raise FacecleanError(
+                    f"label {label} is {name!r} here but {store_names[label]!r} in the store "
+                    "being cleaned: this exclude list comes from another label space; run "
+                    "`faceclean overlap` on this store",
+                    path,
+                )
+    return np.unique(labels)

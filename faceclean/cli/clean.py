@@ -193,7 +193,8 @@ def merge_cmd(
     "--dedup",
     type=click.FloatRange(-1, 1),
     default=None,
-    help="List near-duplicate images (cosine above this, e.g. 0.98) in dedup.parquet.",
+    help="List near-duplicate images (cosine above this, e.g. 0.98) in dedup.parquet; "
+    "below 0.8 needs --force (that links different photos of one person).",
 )
 @click.option(
     "--dedup-keep",
@@ -230,6 +231,8 @@ def clean_cmd(
     The output folder is built aside and swapped in whole when complete."""
     from faceclean.cleaning.clean import clean
 
+    _check_dedup(dedup, dedup_keep, force)
+
     _check_tau_inter(tau_inter, force)
     r = clean(
         embeddings,
@@ -259,6 +262,23 @@ def clean_cmd(
     s = {k: v for k, v in r.summary.items() if k not in hide}
     s["clean list"] = str(r.outputs["clean"])
     _summary_table("faceclean clean", s)
+
+
+# Same-person photos of common face models have cosines around 0.6; a near-duplicate
+# threshold below this is almost certainly a typo and --dedup-keep would then drop most of
+# the set.
+_DEDUP_FLOOR = 0.8
+
+
+def _check_dedup(dedup: float | None, dedup_keep: bool, force: bool) -> None:
+    if dedup_keep and dedup is None:
+        raise click.UsageError("--dedup-keep needs --dedup TAU (the near-duplicate cosine)")
+    if dedup is not None and dedup < _DEDUP_FLOOR and not force:
+        raise click.BadParameter(
+            f"{dedup} would group different photos of one person as duplicates (near-"
+            f"duplicates are above ~0.95); pass --force if you mean a value below {_DEDUP_FLOOR}",
+            param_hint="'--dedup'",
+        )
 
 
 @main.command("report")

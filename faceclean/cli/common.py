@@ -4,8 +4,10 @@ stage modules share."""
 from __future__ import annotations
 
 import errno
+import json
 import math
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -16,7 +18,9 @@ from faceclean import __version__
 from faceclean.errors import FacecleanError
 from faceclean.outputs import commit_files, tmp_sibling
 
-console = Console(stderr=True)
+# In a log file (stderr not a terminal) rich would wrap tables at 80 columns and cut cells
+# to "0.…"; a wide fixed width keeps every column whole there.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _triple(ctx, param, value):
@@ -51,15 +55,45 @@ class Finite(click.FloatRange):
         return super()._describe_range()
 
 
+_JSON_KEY = "faceclean.json"
+_SUMMARIES_KEY = "faceclean.summaries"
+
+
+def _remember_json(ctx: click.Context, param, value):
+    if value is not None:
+        ctx.meta[_JSON_KEY] = value
+    return value
+
+
 class OneLineUsage(click.Command):
     """Option errors (``--batch-size 0``, ``--std 0``) as one ``Error: ...`` line, exit 2,
-    without the usage block click prints by default."""
+    without the usage block click prints by default; and ``--json PATH`` on every verb, so
+    that scripts read the summary instead of parsing the table."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            click.Option(
+                ["--json", "json_path"],
+                type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+                expose_value=False,
+                callback=_remember_json,
+                help="Also write the summary as JSON to this file ('-': standard output).",
+            )
+        )
 
     def parse_args(self, ctx, args):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as e:
             e.ctx = None  # no context: click prints the message alone
+            raise
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:  # checks between options, made in the verb's body
+            e.ctx = None
             raise
 
 
@@ -81,7 +115,9 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _write_json_summary(ctx)
+            return result
         except KeyboardInterrupt:
             console.print(
                 "[bold yellow]interrupted:[/] finished work is kept (extract chunks, train "
@@ -138,7 +174,7 @@ _backend = click.option(
 )
 _batch_rows = click.option(
     "--batch-rows",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1 << 30),
     default=65536,
     show_default=True,
     help="Rows per streamed batch (bounds memory).",
@@ -163,7 +199,10 @@ _tau_inter = click.option(
     help="Merge classes whose centroid cosine exceeds this (paper: 0.62); below 0 needs --force.",
 )
 _force = click.option(
-    "--force", is_flag=True, help="Accept a --tau-inter below 0 (merges almost everything)."
+    "--force",
+    is_flag=True,
+    help="Accept a threshold that is almost certainly a typo: --tau-inter below 0 (merges "
+    "almost everything); on clean, --dedup below 0.8.",
 )
 _max_group = click.option(
     "--max-group-size",
@@ -204,8 +243,55 @@ def _write_pairs(tables_paths) -> None:
 
 
 def _summary_table(title: str, rows: dict) -> None:
+    """Print a verb's summary as a two-column table on stderr and keep it for ``--json``."""
+    record_summary(title, rows)
     table = Table(title=title, show_header=False)
     for k, v in rows.items():
         plain_int = isinstance(v, int) and not isinstance(v, bool)
         table.add_row(str(k), f"{v:,}" if plain_int else str(v))
     console.print(table)
+
+
+def record_summary(title: str, rows: dict) -> None:
+    """Keep ``rows`` (a verb's result, plain values) for ``--json``; printing is the caller's."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta.setdefault(_SUMMARIES_KEY, []).append((title, dict(rows)))
+
+
+def _write_json_summary(group_ctx: click.Context) -> None:
+    """Write what the verb recorded to its ``--json`` target: one object, ``{"verb": ...,
+    "summary": {...}}`` (``summaries``: a list, when a verb printed several tables)."""
+    target = group_ctx.meta.get(_JSON_KEY)  # click shares meta between parent and child
+    if target is None:
+        return
+    recorded = group_ctx.meta.get(_SUMMARIES_KEY, [])
+    doc: dict = {"verb": group_ctx.invoked_subcommand}
+    if len(recorded) == 1:
+        doc["title"], doc["summary"] = recorded[0]
+    else:
+        doc["summaries"] = [{"title": t, "summary": r} for t, r in recorded]
+    text = json.dumps(_plain(doc), indent=2, default=str, allow_nan=False) + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    tmp = tmp_sibling(target)
+    try:
+        tmp.write_text(text)
+        commit_files([(tmp, target)])
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _plain(value):
+    """JSON-safe: NaN and infinities become null (strict JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # NumPy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -10,7 +10,14 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from faceclean.cli.common import OneLineUsage, _summary_table, _triple, console, main
+from faceclean.cli.common import (
+    OneLineUsage,
+    _summary_table,
+    _triple,
+    console,
+    main,
+    record_summary,
+)
 from faceclean.data.listfile import FORMATS as LIST_FORMATS
 from faceclean.data.preprocess import FITS, PRESETS
 
@@ -221,6 +228,23 @@ def extract(
             )
         return
     result = run_extract(data, model, output, shard=shard, **kwargs)
+    record_summary(
+        "faceclean extract",
+        {
+            "output": str(result.output),
+            "input": result.source,
+            "images": result.num_images,
+            "resumed": result.num_resumed,
+            "written": result.num_written,
+            "failed": result.num_failed,
+            "failures": str(result.failures_path) if result.failures_path else None,
+            "batching": result.batch_mode,
+            "providers": list(result.providers),
+            "seconds": result.seconds,
+            "images_per_second": result.images_per_second,
+            "warnings": list(result.warnings),
+        },
+    )
     if quiet:
         return
     for w in result.warnings:

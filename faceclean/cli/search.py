@@ -124,7 +124,7 @@ _NONNEG = click.IntRange(min=0)
     show_default=True,
     help="With --ray-address on GPUs: 0.5 runs at most two trials per GPU.",
 )
-@click.option("--input-size", default=112, type=click.IntRange(16, 1024), show_default=True)
+@click.option("--input-size", default=112, type=click.IntRange(32, 1024), show_default=True)
 @click.option("--embedding-size", default=128, type=_POS, show_default=True)
 @click.option(
     "--epochs", default=1, type=_POS, show_default=True, help="Training epochs per trial."

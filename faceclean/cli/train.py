@@ -61,10 +61,10 @@ def _list_grid(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--embedding-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option(
     "--input-size",
-    type=click.IntRange(min=8),
+    type=click.IntRange(32, 1024),
     default=112,
     show_default=True,
-    help="Square input side (56 ok).",
+    help="Square input side in pixels, 32 to 1024 (56 trains 4x faster than 112).",
 )
 @click.option(
     "--loss",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,29 @@ def load_onnx(path: Path, what: str) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as e:  # protobuf raises several types for garbage
         raise FacecleanError(f"not a valid ONNX model ({type(e).__name__})", path) from None
+
+
+# Face models take crops of tens to a few hundred pixels a side; a side outside these
+# bounds is a wrong or crafted model, and feeding it would allocate gigabytes for a probe.
+_MIN_SIDE, _MAX_SIDE = 8, 4096
+
+
+def _recorded_preprocessing(text: str, path: Path) -> Preprocessing:
+    """The preprocessing a faceclean export recorded in the model, checked: it is read
+    from the file, which may declare anything."""
+    try:
+        spec = Preprocessing.from_dict(json.loads(text))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise FacecleanError(
+            f"its recorded preprocessing ({METADATA_KEY}) is malformed: "
+            f"{type(e).__name__} {str(e)[:80]}",
+            path,
+        ) from None
+    if not all(math.isfinite(v) for v in (*spec.mean, *spec.std, spec.height, spec.width)):
+        raise FacecleanError(
+            f"its recorded preprocessing ({METADATA_KEY}) has a NaN or infinite value", path
+        )
+    return spec
 
 
 def _dim(d) -> int | None:
@@ -158,9 +182,7 @@ class FaceModel:
         self.channels, self.height, self.width = 3, h, w
         meta = {p.key: p.value for p in model.metadata_props}
         self.preprocessing = (
-            Preprocessing.from_dict(json.loads(meta[METADATA_KEY]))
-            if METADATA_KEY in meta
-            else None
+            _recorded_preprocessing(meta[METADATA_KEY], self.path) if METADATA_KEY in meta else None
         )
         if self.height is None or self.width is None:
             if self.preprocessing is None:
@@ -170,6 +192,12 @@ class FaceModel:
                     self.path,
                 )
             self.height, self.width = self.preprocessing.height, self.preprocessing.width
+        if not (_MIN_SIDE <= self.height <= _MAX_SIDE and _MIN_SIDE <= self.width <= _MAX_SIDE):
+            raise FacecleanError(
+                f"model input '{inp.name}' declares {self.height}x{self.width} pixels; faceclean "
+                f"feeds face crops of {_MIN_SIDE} to {_MAX_SIDE} pixels a side",
+                self.path,
+            )
         self._setup_batching(model, dims[0])
         self._choose_outputs(output)
 
@@ -217,7 +245,14 @@ class FaceModel:
 
     def _choose_outputs(self, asked: str | None) -> None:
         names = [o.name for o in self._sess.get_outputs()]
-        outs = self._raw(self._probe(2))
+        try:
+            outs = self._raw(self._probe(2))
+        except Exception as e:  # the model's declarations do not match what it computes
+            msg = " ".join(str(e).split())[:240] or type(e).__name__
+            raise FacecleanError(
+                f"onnxruntime cannot run the model on {self.height}x{self.width} images: {msg}",
+                self.path,
+            ) from None
         shapes = {n: tuple(np.asarray(o).shape) for n, o in zip(names, outs, strict=True)}
         listed = ", ".join(f"'{n}' {list(shapes[n])}" for n in names)
         self.norm_output = None

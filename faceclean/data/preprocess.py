@@ -8,6 +8,7 @@ stated in a :class:`Preprocessing`, which is recorded in every embedding file.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -122,7 +123,11 @@ def decode_image(data: bytes) -> Image.Image:
     """
     fmt = _describe(data)
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # Between PIL's pixel limit and twice it PIL only warns, in its own words on
+            # stderr; such a photo is decoded like any other (above 2x it is an error).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise ImageError("image too large (more pixels than PIL's safety limit)") from None
     except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError is an OSError

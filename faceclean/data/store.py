@@ -94,10 +94,47 @@ def write_tables(*pairs: tuple[pa.Table, Path]) -> None:
             pq.write_table(table, tmp)
 
 
+# The metadata keys code reads as more than an opaque value, and the JSON types they must
+# have: a file can declare anything, and a number where a folder name belongs would reach
+# Path() as a traceback.
+_METADATA_TYPES = {
+    "dataset": str,
+    "num_classes": int,
+    "dim": int,
+    "preprocessing": dict,
+    "flip": bool,
+    "shard": list,
+}
+
+
+def parse_metadata(raw: bytes | None, path: str | Path) -> dict:
+    """The ``faceclean`` metadata (JSON bytes from the Parquet schema) as a dict, ``{}`` when
+    absent; raises FacecleanError naming ``path`` when it is not a JSON object or a key in
+    :data:`_METADATA_TYPES` has another type."""
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
+        raise FacecleanError("its faceclean metadata is not JSON", path) from None
+    if not isinstance(meta, dict):
+        raise FacecleanError("its faceclean metadata is not a JSON object", path)
+    for key, kind in _METADATA_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (
+            not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
+        ):
+            raise FacecleanError(
+                f"its faceclean metadata has a malformed {key!r} ({type(value).__name__}, "
+                f"not {kind.__name__})",
+                path,
+            )
+    return meta
+
+
 def read_metadata(path: str | Path) -> dict:
     """The ``faceclean`` metadata of an embedding store (empty dict if absent)."""
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    return parse_metadata((pq.read_schema(path).metadata or {}).get(METADATA_KEY), path)
 
 
 def open_store(path: str | Path) -> pq.ParquetFile:
@@ -128,6 +165,7 @@ def open_store(path: str | Path) -> pq.ParquetFile:
             f"column 'embedding' has type {emb}, expected fixed_size_list<float32|float16>[dim]",
             path,
         )
+    _meta(pf, path)  # malformed metadata is refused here, before any work
     return pf
 
 
@@ -151,7 +189,9 @@ def open_stores(paths) -> list[tuple[Path, pq.ParquetFile]]:
     extractions' label 0 would silently become one class. Raises FacecleanError naming the
     shard at fault.
     """
-    stores = [(p, open_store(p)) for p in as_paths(paths)]
+    given = as_paths(paths)
+    _refuse_repeats(given)
+    stores = [(p, open_store(p)) for p in given]
     first, first_pf = stores[0]
     dim = first_pf.schema_arrow.field("embedding").type.list_size
     for p, pf in stores[1:]:
@@ -162,23 +202,81 @@ def open_stores(paths) -> list[tuple[Path, pq.ParquetFile]]:
             )
     if len(stores) > 1:
         _check_one_extraction(stores)
+        _check_shards(stores)
     return stores
+
+
+def _refuse_repeats(paths: list[Path]) -> None:
+    """One store named twice (also through another spelling, a symlink or a hard link)
+    would be read as every image twice, which also defeats leave-one-out centroids."""
+    seen: dict[tuple[int, int], Path] = {}
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # open_store names the missing or unreadable file
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise FacecleanError(f"given twice (also as {seen[key]}): each store is read once", p)
+        seen[key] = p
+
+
+def _check_shards(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
+    """Shards given together must be distinct slices of one split (``extract --shard I/N``):
+    ``0/2`` with ``1/3`` would miss some rows and double others, a shard twice or a shard
+    beside the whole extraction would double its rows."""
+    slices: dict[int, Path] = {}
+    count = None
+    sharded = [(p, _meta(pf, p)) for p, pf in stores if "shard" in _meta(pf, p)]
+    if not sharded:
+        return  # independent stores: open_stores has checked their label spaces agree
+    spaces = {m.get("label_space") for _, m in sharded}
+    for p, pf in stores:
+        meta = _meta(pf, p)
+        if "shard" not in meta and meta.get("label_space") in spaces:
+            raise FacecleanError(
+                "the whole extraction given with its own shards: its rows would be read "
+                "twice; give either the whole store or its shards",
+                p,
+            )
+    for p, meta in sharded:
+        shard = meta["shard"]
+        try:
+            i, n = (int(v) for v in shard)
+        except (TypeError, ValueError):
+            raise FacecleanError(f"its metadata records a malformed shard {shard!r}", p) from None
+        if count is None:
+            count = (n, p)
+        elif n != count[0]:
+            raise FacecleanError(
+                f"shard {i}/{n} given with shards of {count[0]} ({count[1].name}): shards of "
+                "different splits miss some rows and double others; use one --shard I/N split",
+                p,
+            )
+        if i in slices:
+            raise FacecleanError(
+                f"shard {i}/{n} is given twice (also {slices[i].name}): its rows would be "
+                "read twice",
+                p,
+            )
+        slices[i] = p
 
 
 _SAME = (("model_sha256", "model (sha256)"), ("preprocessing", "preprocessing"), ("flip", "flip"))
 
 
-def _meta(pf: pq.ParquetFile) -> dict:
-    meta = pf.schema_arrow.metadata or {}
-    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+def _meta(pf: pq.ParquetFile, path: Path) -> dict:
+    return parse_metadata((pf.schema_arrow.metadata or {}).get(METADATA_KEY), path)
 
 
 def _check_one_extraction(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
     first, first_pf = stores[0]
-    ref = _meta(first_pf)
-    differ_labels = any(_meta(pf).get("label_space") != ref.get("label_space") for _, pf in stores)
+    ref = _meta(first_pf, first)
+    differ_labels = any(
+        _meta(pf, p).get("label_space") != ref.get("label_space") for p, pf in stores
+    )
     for p, pf in stores[1:]:
-        meta = _meta(pf)
+        meta = _meta(pf, p)
         for key, what in _SAME:
             if key in ref and key in meta and ref[key] != meta[key]:
                 raise FacecleanError(

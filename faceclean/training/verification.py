@@ -143,13 +143,36 @@ def load_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
         raise FacecleanError(
             f"not an InsightFace .bin pair file ({type(e).__name__})", path
         ) from None
+    return _checked_pairs(bins, issame, path)
+
+
+def _checked_pairs(bins, issame, path: Path) -> tuple[list[bytes], np.ndarray]:
+    """The unpickled contents as (image bytes, bool flags), or one FacecleanError: a
+    crafted file can declare anything (an int for the list, strings for the flags, a
+    number where an image should be: ``bytes(5)`` would silently be five zero bytes)."""
+    if not isinstance(bins, list | tuple) or not isinstance(issame, list | tuple | np.ndarray):
+        raise FacecleanError(
+            f"not an InsightFace .bin pair file (it holds {type(bins).__name__} and "
+            f"{type(issame).__name__} where a list of images and a list of flags belong)",
+            path,
+        )
+    flags = np.asarray(issame, dtype=object).ravel() if len(issame) else np.zeros(0, bool)
+    if len(flags) != len(issame) or not all(
+        isinstance(f, bool | np.bool_) or (isinstance(f, int | np.integer) and f in (0, 1))
+        for f in flags
+    ):
+        raise FacecleanError("its is-same flags are not all booleans", path)
     if len(bins) != 2 * len(issame):
         raise FacecleanError(f"{len(bins)} images for {len(issame)} pairs", path)
-    try:
-        images = [bytes(b) if not isinstance(b, np.ndarray) else b.tobytes() for b in bins]
-    except TypeError:
-        raise FacecleanError("an image entry is not a byte string", path) from None
-    return images, np.asarray(issame, bool)
+    images = []
+    for i, b in enumerate(bins):
+        if isinstance(b, bytes | bytearray):
+            images.append(bytes(b))
+        elif isinstance(b, np.ndarray) and b.dtype == np.uint8:
+            images.append(b.tobytes())
+        else:
+            raise FacecleanError(f"image entry {i} is a {type(b).__name__}, not bytes", path)
+    return images, flags.astype(bool)
 
 
 def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: int = 10) -> tuple[float, float]:
