@@ -55,6 +55,20 @@ class Finite(click.FloatRange):
         return super()._describe_range()
 
 
+# No count, size or seed in faceclean needs more; a larger integer only reaches NumPy,
+# torch or the OS as an overflow traceback (``--seed 1e30``, ``--workers 2**70``).
+MAX_INT = 2**31 - 1
+
+
+def _bounded(kind: click.ParamType) -> click.ParamType:
+    """Integer options without an upper bound get :data:`MAX_INT` as theirs."""
+    if isinstance(kind, click.IntRange) and kind.max is None:
+        return click.IntRange(kind.min, MAX_INT, min_open=kind.min_open, clamp=kind.clamp)
+    if kind is click.INT:
+        return click.IntRange(-MAX_INT, MAX_INT)
+    return kind
+
+
 _JSON_KEY = "faceclean.json"
 _SUMMARIES_KEY = "faceclean.summaries"
 
@@ -72,6 +86,8 @@ class OneLineUsage(click.Command):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        for param in self.params:
+            param.type = _bounded(param.type)
         self.params.append(
             click.Option(
                 ["--json", "json_path"],
@@ -174,7 +190,7 @@ _backend = click.option(
 )
 _batch_rows = click.option(
     "--batch-rows",
-    type=click.IntRange(1, 1 << 30),
+    type=click.IntRange(min=1),
     default=65536,
     show_default=True,
     help="Rows per streamed batch (bounds memory).",

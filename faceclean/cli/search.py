@@ -274,7 +274,7 @@ def search_cmd(
 @click.option(
     "-m",
     "--model",
-    type=click.Path(path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Use this ONNX extractor instead of training a bootstrap one.",
 )
 @click.option("--steps", default=3, type=_POS, show_default=True, help="Search steps.")
