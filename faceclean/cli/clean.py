@@ -1,4 +1,5 @@
-"""`faceclean filter`, `merge`, `clean`, `report`, `inject-noise`, `evaluate-cleaning`."""
+"""`faceclean filter`, `merge`, `clean`, `report`, `overlap` (inject-noise and
+evaluate-cleaning: :mod:`faceclean.cli.noise`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from faceclean.cli.common import (
     main,
 )
 from faceclean.data.store import sibling
-from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
 
@@ -267,84 +267,6 @@ def report_cmd(clean_dir, data, output, overwrite):
 
     out = write_report(clean_dir, data, output, overwrite)
     _summary_table("faceclean report", {k: str(v) for k, v in out.items()})
-
-
-@main.command("inject-noise")
-@click.argument("embeddings", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Noisy store; the truth goes to <output>.truth.parquet.",
-)
-@click.option(
-    "--flip",
-    type=Finite(0.0, 1.0),
-    default=0.05,
-    show_default=True,
-    help="Fraction of samples relabelled.",
-)
-@click.option(
-    "--outlier",
-    type=Finite(0.0, 1.0),
-    default=0.05,
-    show_default=True,
-    help="Fraction of identities held out and filed under others.",
-)
-@click.option(
-    "--split",
-    type=Finite(0.0, 1.0),
-    default=0.05,
-    show_default=True,
-    help="Fraction of identities split over two labels.",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@_overwrite
-def inject_noise_cmd(embeddings, output, flip, outlier, split, seed, overwrite):
-    """Corrupt a clean embedding store with known noise (in memory)."""
-    from faceclean.cleaning.noise import inject_noise
-    from faceclean.data.store import open_store
-
-    truth = sibling(output, ".truth.parquet")
-    with writing(output, overwrite=overwrite, inputs=[embeddings], companions=[truth]):
-        try:
-            ns = inject_noise(open_store(embeddings).read(), flip, outlier, split, seed)
-        except FacecleanError as e:  # the API works on a table: name the file here
-            if e.path is not None:
-                raise
-            raise FacecleanError(e.message, embeddings) from None
-        _write_pairs([(ns.table, output), (ns.truth, truth)])
-    counts = ns.truth["noise"].value_counts().to_pylist()
-    _summary_table(
-        "faceclean inject-noise",
-        {"output": str(output), "truth": str(truth), **{c["values"]: c["counts"] for c in counts}},
-    )
-
-
-@main.command("evaluate-cleaning")
-@click.argument("clean_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--truth",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Truth table written by inject-noise.",
-)
-@click.option(
-    "--sweep",
-    is_flag=True,
-    help="Also sweep tau_intra and tau_inter; writes sweep.csv and sweep.png.",
-)
-@_overwrite
-def evaluate_cleaning_cmd(clean_dir, truth, sweep, overwrite):
-    """Precision/recall of a `faceclean clean` output against injected noise."""
-    from faceclean.cleaning.evaluate import evaluate_clean_dir
-
-    result = evaluate_clean_dir(clean_dir, truth, do_sweep=sweep, overwrite=overwrite)
-    _summary_table(
-        "faceclean evaluate-cleaning",
-        {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()},
-    )
 
 
 @main.command("overlap")
