@@ -158,9 +158,11 @@ class CleanResult:
 def clean(
     embeddings: str | Path | list,
     output_dir: str | Path,
-    tau_intra: float = 0.3,
+    tau_intra: float | str = 0.3,
     tau_inter: float = 0.62,
     *,
+    min_cos_pos: float | str | None = None,
+    min_norm: float | str | None = None,
     fmt: str = "parquet",
     max_group_size: int = 0,
     loo_below: int | None = None,
@@ -177,6 +179,9 @@ def clean(
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
     ``embeddings`` is one store or a list of shards (one label space, one dimension).
+    ``tau_intra``, ``min_cos_pos`` and ``min_norm`` are the filter's (see
+    :func:`.filter.filter_store`; ``"auto"`` chooses from the data and the summary says
+    what and why).
 
     Merging uses centroids of the kept samples only, from the sums the filter pass
     already has, so the whole clean reads the embeddings twice (sums, then scores).
@@ -214,11 +219,14 @@ def clean(
             embeddings,
             tau_intra,
             paths["scores"],
+            min_cos_pos=min_cos_pos,
+            min_norm=min_norm,
             loo_below=loo_below,
             batch_rows=batch_rows,
             device=device,
             backend=backend,
         )
+        tau_intra = fr.thresholds.tau_intra  # the value applied (chosen, with auto)
         fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
         mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
         for key in ("merges", "pairs"):
@@ -239,7 +247,7 @@ def clean(
             "embeddings": [str(e) for e in given],
             # The image root training reads the list against (absolute since extract 0.2).
             "dataset": str(data_root or read_metadata(given[0]).get("dataset") or "") or None,
-            "tau_intra": tau_intra,
+            **fr.thresholds.summary(),
             "tau_inter": tau_inter,
             "max_group_size": max_group_size,
             "loo_below": loo_below,

@@ -13,7 +13,9 @@ For L2-normalised embeddings x_i with labels y_i (DESIGN.md, "The cleaning math"
 * discriminability D_i = cos_pos / cos_neg. Where cos_neg <= 1e-6 the ratio means nothing:
   D_i = +inf when cos_pos > 0 (the sample is far from every other class) and 0 otherwise;
 * keep_i = D_i >= tau_intra. Singletons (one sample, nothing to compare with) are kept
-  with D = NaN.
+  with D = NaN. Optional floors for junk also drop cos_pos < min_cos_pos and
+  norm < min_norm (the store's raw feature norm column). Any of the three may be ``"auto"``:
+  chosen from the scores alone, see :mod:`.thresholds` (one more streaming pass).
 
 Stated behaviour: a store with fewer than two classes is an error; classes whose every
 sample is dropped vanish from the clean list and are counted in the summary.
@@ -32,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.cleaning.thresholds import Thresholds, choose_thresholds, parse_thresholds
 from faceclean.data.store import (
     as_paths,
     atomic_path,
@@ -189,6 +192,7 @@ class FilterResult:
     scores: pa.Table | None = None
     output: Path | None = None
     max_discriminability: float = float("nan")  # the largest D (NaN: only singletons)
+    thresholds: Thresholds | None = None  # what was applied, and why for the automatic ones
 
     def require_kept(self, tau_intra: float, where=None) -> None:
         """Raise a named error when the threshold dropped every sample: an empty clean
@@ -261,9 +265,11 @@ def score_batches(
 
 def filter_store(
     path: str | Path | list,
-    tau_intra: float = 0.3,
+    tau_intra: float | str = 0.3,
     output: str | Path | None = None,
     *,
+    min_cos_pos: float | str | None = None,
+    min_norm: float | str | None = None,
     loo_below: int | None = None,
     batch_rows: int = 65536,
     device: str = "auto",
@@ -276,10 +282,14 @@ def filter_store(
     Args:
         path: embedding store (see :mod:`faceclean.data.store`), or a list of shards that share
             one embedding dimension and one label space.
-        tau_intra: threshold on discriminability (paper: 0.3; useful range ~0.1-0.5).
+        tau_intra: threshold on discriminability (paper: 0.3; useful range ~0.1-0.5), or
+            ``"auto"``: chosen from the distribution of D (see :mod:`.thresholds`).
         output: scores Parquet to write (columns ``path``, ``label``, ``identity``,
             ``cos_pos``, ``hardest_negative``, ``cos_neg``, ``discriminability``, ``keep``).
             None keeps the table in memory (``result.scores``).
+        min_cos_pos, min_norm: floors for junk, also dropping cos_pos < min_cos_pos and
+            ``norm`` (the store's raw feature norm) < min_norm; ``"auto"``: far-out fences
+            of their distributions (no norm floor without a norm column); None: off.
         loo_below: None (default): every own centroid leaves the sample out; n: only in
             classes of fewer than n samples (0.1's behaviour with 10).
         batch_rows: rows per streamed batch (bounds memory).
@@ -288,19 +298,27 @@ def filter_store(
         progress: show a progress bar (rows scored) on stderr.
 
     Returns:
-        A :class:`FilterResult`. Two streaming passes over the store; memory holds the
-        K x d centroid sums and one batch, never N x d.
+        A :class:`FilterResult` (``thresholds``: the values applied and why). Two streaming
+        passes (three with an ``"auto"``); memory holds the K x d centroid sums, one batch
+        and fixed histograms, never N x d.
     """
     path = as_paths(path)
     output = Path(output) if output is not None else None
+    has_norm = all("norm" in pf.schema_arrow.names for _, pf in open_stores(path))
+    where = path[0] if len(path) == 1 else ", ".join(p.name for p in path)
+    asked = parse_thresholds(tau_intra, min_cos_pos, min_norm, has_norm, where)
     with contextlib.ExitStack() as stack:
         if output is not None:  # checked and locked before any work
             stack.enter_context(writing(output, overwrite=overwrite, inputs=path))
-        return _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, progress)
+        run = (loo_below, batch_rows, device, backend, progress)
+        return _filter(path, asked, has_norm, output, *run)
 
 
-def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, progress):
+def _filter(path, asked, has_norm, output, loo_below, batch_rows, device, backend, progress):
     sums, counts = class_sums(path, batch_rows)
+    run = (loo_below, batch_rows, device, backend, progress)
+    thresholds = choose_thresholds(path, asked, has_norm, sums, counts, *run)
+    tau_intra = thresholds.tau_intra
     kept_sums = sums.copy()
     kept_counts = counts.copy()
     schema = pa.schema(
@@ -321,6 +339,8 @@ def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, pro
         if has_identity
         else ("path", "label", "embedding")
     )
+    if thresholds.min_norm is not None:
+        columns = (*columns, "norm")
     tables, device_used, top = [], "cpu", [float("nan")]
 
     def tables_out(writer):
@@ -334,6 +354,10 @@ def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, pro
             if (~np.isnan(d)).any():
                 top[0] = float(np.fmax(top[0], np.nanmax(d)))
             keep = ~(d < tau_intra)  # NaN (singletons) is kept
+            if thresholds.min_cos_pos is not None:
+                keep &= ~(scores["cos_pos"] < thresholds.min_cos_pos)
+            if thresholds.min_norm is not None:
+                keep &= ~(batch["norm"] < thresholds.min_norm)
             drop = ~keep
             if drop.any():
                 y = batch["label"][drop]
@@ -374,6 +398,7 @@ def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, pro
         kept_counts=kept_counts,
         device=device_used,
         max_discriminability=top[0],
+        thresholds=thresholds,
         scores=pa.concat_tables(tables) if output is None else None,
         output=output,
     )

@@ -19,18 +19,19 @@ from faceclean.cli.common import (
     _overwrite,
     _summary_table,
     _tau_inter,
-    _tau_intra_help,
     _warn,
     _write_pairs,
     main,
 )
+from faceclean.cli.threshold_options import floor_options, resolve_floors, tau_intra_option
 from faceclean.data.store import sibling
 from faceclean.outputs import writing
 
 
 @main.command("filter")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tau-intra", type=Finite(), default=0.3, show_default=True, help=_tau_intra_help)
+@tau_intra_option()
+@floor_options
 @click.option(
     "-o",
     "--output",
@@ -43,20 +44,34 @@ from faceclean.outputs import writing
 @_backend
 @_batch_rows
 @_overwrite
-def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_rows, overwrite):
+def filter_cmd(
+    embeddings,
+    tau_intra,
+    min_cos_pos,
+    min_norm,
+    output,
+    loo_below,
+    device,
+    backend,
+    batch_rows,
+    overwrite,
+):
     """Score each sample: D = cos(own centroid) / cos(hardest negative centroid).
 
     EMBEDDINGS is one embedding store or several shards of one (same dimension, labels).
 
     Writes path, label, identity, cos_pos, hardest_negative, cos_neg, discriminability and
-    keep (D >= tau_intra; singletons are kept with D = NaN).
+    keep (D >= tau_intra and above the floors; singletons are kept with D = NaN).
     """
     from faceclean.cleaning.filter import filter_store
 
+    min_cos_pos, min_norm = resolve_floors(tau_intra, min_cos_pos, min_norm)
     r = filter_store(
         embeddings,
         tau_intra,
         output,
+        min_cos_pos=min_cos_pos,
+        min_norm=min_norm,
         loo_below=loo_below,
         batch_rows=batch_rows,
         device=device,
@@ -65,7 +80,7 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
     )
     if r.num_kept == 0:  # the scores are complete, but nothing passes: say so loudly
         _warn(
-            f"tau_intra {tau_intra} drops every sample (the largest D is "
+            f"tau_intra {r.thresholds.tau_intra} drops every sample (the largest D is "
             f"{r.max_discriminability:.3g}): a clean at this threshold would be empty"
         )
     _summary_table(
@@ -79,6 +94,7 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
             "classes emptied": r.num_emptied,
             "singleton classes": r.num_singletons,
             "search backend": r.device,
+            **r.thresholds.summary(),
         },
     )
 
@@ -155,7 +171,8 @@ def merge_cmd(
 
 @main.command("clean")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tau-intra", type=Finite(), default=0.3, show_default=True, help=_tau_intra_help)
+@tau_intra_option()
+@floor_options
 @_tau_inter
 @_max_group
 @click.option(
@@ -203,6 +220,8 @@ def merge_cmd(
 def clean_cmd(
     embeddings,
     tau_intra,
+    min_cos_pos,
+    min_norm,
     tau_inter,
     max_group_size,
     fmt,
@@ -224,11 +243,14 @@ def clean_cmd(
     from faceclean.cleaning.clean import clean
 
     _check_tau_inter(tau_inter, force)
+    min_cos_pos, min_norm = resolve_floors(tau_intra, min_cos_pos, min_norm)
     r = clean(
         embeddings,
         output,
         tau_intra,
         tau_inter,
+        min_cos_pos=min_cos_pos,
+        min_norm=min_norm,
         fmt=fmt,
         max_group_size=max_group_size,
         loo_below=loo_below,
