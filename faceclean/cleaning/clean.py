@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from faceclean.cleaning.dedup import restrict_inputs
 from faceclean.cleaning.filter import FilterResult, filter_store
 from faceclean.cleaning.merge import MergeResult, merge_classes
+from faceclean.cleaning.merge_auto import identity_groups, resolve_merge_thresholds
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import ImageError
 from faceclean.data.recimages import rec_image, write_property
@@ -159,8 +160,9 @@ def clean(
     embeddings: str | Path | list,
     output_dir: str | Path,
     tau_intra: float | str = 0.3,
-    tau_inter: float = 0.62,
+    tau_inter: float | str = 0.62,
     *,
+    min_link_ratio: float | str | None = None,
     min_cos_pos: float | str | None = None,
     min_norm: float | str | None = None,
     fmt: str = "parquet",
@@ -181,7 +183,9 @@ def clean(
     ``embeddings`` is one store or a list of shards (one label space, one dimension).
     ``tau_intra``, ``min_cos_pos`` and ``min_norm`` are the filter's (see
     :func:`.filter.filter_store`; ``"auto"`` chooses from the data and the summary says
-    what and why).
+    what and why). ``tau_inter`` and ``min_link_ratio`` (the look-alike guard) are the
+    merge's; ``"auto"`` chooses them from split statistics of the kept samples (see
+    :mod:`.merge_auto`).
 
     Merging uses centroids of the kept samples only, from the sums the filter pass
     already has, so the whole clean reads the embeddings twice (sums, then scores).
@@ -215,10 +219,15 @@ def clean(
             "clean": tmp / clean_name,
             "summary": tmp / "summary.json",
         }
+        # With auto, D near 1 must not set a split identity's halves against each other.
+        groups = None
+        if tau_intra == "auto":
+            groups = identity_groups(embeddings, tau_inter, min_link_ratio, batch_rows, device)
         fr = filter_store(
             embeddings,
             tau_intra,
             paths["scores"],
+            same_identity=groups,
             min_cos_pos=min_cos_pos,
             min_norm=min_norm,
             loo_below=loo_below,
@@ -228,7 +237,18 @@ def clean(
         )
         tau_intra = fr.thresholds.tau_intra  # the value applied (chosen, with auto)
         fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
-        mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
+        keep = pq.read_table(paths["scores"], columns=["keep"])["keep"]
+        tau_inter, min_link_ratio, merge_why = resolve_merge_thresholds(
+            embeddings,
+            keep.to_numpy(zero_copy_only=False),
+            len(fr.kept_counts),
+            tau_inter,
+            min_link_ratio,
+            batch_rows,
+        )
+        mr = merge_classes(
+            fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device, min_link_ratio
+        )
         for key in ("merges", "pairs"):
             with atomic_path(paths[key]) as part:
                 pq.write_table(mr.table if key == "merges" else mr.pairs, part)
@@ -249,6 +269,9 @@ def clean(
             "dataset": str(data_root or read_metadata(given[0]).get("dataset") or "") or None,
             **fr.thresholds.summary(),
             "tau_inter": tau_inter,
+            **({"tau_inter_auto": merge_why} if merge_why else {}),
+            "min_link_ratio": min_link_ratio,
+            "links_refused_by_guard": mr.num_guarded,
             "max_group_size": max_group_size,
             "loo_below": loo_below,
             "samples": fr.num_samples,

@@ -85,8 +85,10 @@ class Histogram:
         return (self.edges[:-1] + self.edges[1:]) / 2
 
     def quantile(self, q: float) -> float:
+        """The lower edge of the bin holding the q-quantile: never above it, so a floor
+        built from quantiles never drops a value equal to them (a constant column)."""
         cum = np.cumsum(self.counts)
-        return float(self.centres[np.searchsorted(cum, q * cum[-1])])
+        return float(self.edges[np.searchsorted(cum, q * cum[-1])])
 
 
 def _normal(x, mean, sd):
@@ -173,6 +175,11 @@ class Thresholds:
     min_norm: float | None = None
     reasons: dict[str, str] = field(default_factory=dict)
 
+    def floors(self) -> str:
+        """ " with min_cos_pos X with min_norm Y" for the floors that are on."""
+        pairs = (("min_cos_pos", self.min_cos_pos), ("min_norm", self.min_norm))
+        return "".join(f" with {n} {v}" for n, v in pairs if v is not None)
+
     def summary(self) -> dict:
         """JSON-ready: the values and the reasons of the automatic ones."""
         out = {"tau_intra": self.tau_intra, "min_cos_pos": self.min_cos_pos}
@@ -211,7 +218,7 @@ def choose(
 
 
 def choose_thresholds(
-    path, asked, has_norm, sums, counts, loo_below, batch_rows, device, backend, progress
+    path, asked, has_norm, sums, counts, group, loo_below, batch_rows, device, backend, progress
 ):
     """The filter's thresholds: each ``"auto"`` resolved with one scoring pass of the
     store(s) into histograms (see :func:`faceclean.cleaning.filter.score_batches`)."""
@@ -223,9 +230,22 @@ def choose_thresholds(
     bar = RowProgress(progress, "filter: choosing thresholds", int(counts.sum()))
     columns = ("label", "embedding", "norm") if has_norm else ("label", "embedding")
     for batch, scores in score_batches(
-        path, sums, counts, loo_below, batch_rows, device, columns, backend
+        path, sums, counts, loo_below, batch_rows, device, columns, backend, group
     ):
         bar.advance(len(batch["label"]))
         hist.add(scores["discriminability"], scores["cos_pos"], batch.get("norm"))
     bar.close()
     return choose(hist, *asked, has_norm)
+
+
+def group_sums(sums: np.ndarray, counts: np.ndarray, group: np.ndarray | None) -> tuple:
+    """(sums, counts, group) per identity group: a label's sums and counts added into its
+    group representative's row (``group`` = a merge's ``merged_label``); unchanged with
+    None."""
+    if group is None:
+        return sums, counts, None
+    group = np.asarray(group, np.int64)[: len(counts)]
+    g_sums, g_counts = np.zeros_like(sums), np.zeros_like(counts)
+    np.add.at(g_sums, group, sums)
+    np.add.at(g_counts, group, counts)
+    return g_sums, g_counts, group

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from faceclean.cli.common import (
-    Finite,
     _backend,
     _batch_rows,
     _check_tau_inter,
@@ -18,12 +17,18 @@ from faceclean.cli.common import (
     _max_group,
     _overwrite,
     _summary_table,
-    _tau_inter,
     _warn,
     _write_pairs,
     main,
 )
-from faceclean.cli.threshold_options import floor_options, resolve_floors, tau_intra_option
+from faceclean.cli.threshold_options import (
+    NumberOrAuto,
+    floor_options,
+    resolve_floors,
+    resolve_link_ratio,
+    tau_inter_option,
+    tau_intra_option,
+)
 from faceclean.data.store import sibling
 from faceclean.outputs import writing
 
@@ -101,12 +106,12 @@ def filter_cmd(
 
 @main.command("merge")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@_tau_inter
+@tau_inter_option
 @click.option(
     "--tau-intra",
-    type=Finite(),
+    type=NumberOrAuto(),
     default=None,
-    help="Filter first and merge the centroids of the kept samples only.",
+    help="Filter first (a number or auto) and merge the centroids of the kept samples only.",
 )
 @_max_group
 @click.option(
@@ -124,6 +129,7 @@ def filter_cmd(
 def merge_cmd(
     embeddings,
     tau_inter,
+    min_link_ratio,
     tau_intra,
     max_group_size,
     output,
@@ -134,26 +140,40 @@ def merge_cmd(
     overwrite,
 ):
     """Group classes that are one identity (union-find over centroid links)."""
+    import numpy as np
+
     from faceclean.cleaning.filter import class_sums, filter_store
     from faceclean.cleaning.merge import merge_classes
+    from faceclean.cleaning.merge_auto import identity_groups, resolve_merge_thresholds
 
-    _check_tau_inter(tau_inter, force)
+    if tau_inter != "auto":
+        _check_tau_inter(tau_inter, force)
+    min_link_ratio = resolve_link_ratio(tau_inter, min_link_ratio)
     pairs_path = sibling(output, ".pairs.parquet")
     with writing(output, overwrite=overwrite, inputs=embeddings, companions=[pairs_path]):
         if tau_intra is None:
             sums, counts = class_sums(embeddings, batch_rows)
+            keep = np.ones(int(counts.sum()), bool)
         else:
+            groups = None  # see faceclean.cleaning.merge_auto.identity_groups
+            if tau_intra == "auto":
+                groups = identity_groups(embeddings, tau_inter, min_link_ratio, batch_rows)
             fr = filter_store(
                 embeddings,
                 tau_intra,
                 None,
+                same_identity=groups,
                 loo_below=loo_below,
                 batch_rows=batch_rows,
                 device=device,
             )
-            fr.require_kept(tau_intra)
+            fr.require_kept(fr.thresholds.tau_intra)
             sums, counts = fr.kept_sums, fr.kept_counts
-        mr = merge_classes(sums, counts, tau_inter, max_group_size, device)
+            keep = fr.scores["keep"].to_numpy(zero_copy_only=False)
+        tau_inter, min_link_ratio, why = resolve_merge_thresholds(
+            embeddings, keep, len(counts), tau_inter, min_link_ratio, batch_rows
+        )
+        mr = merge_classes(sums, counts, tau_inter, max_group_size, device, min_link_ratio)
         _write_pairs([(mr.table, output), (mr.pairs, pairs_path)])
     _warn(mr.warning)
     _summary_table(
@@ -165,6 +185,10 @@ def merge_cmd(
             "merged groups": len(mr.groups),
             "groups split by guard": mr.num_split_groups,
             "largest group": len(mr.groups[0]) if mr.groups else 1,
+            "tau_inter": tau_inter,
+            **({"tau_inter_auto": why} if why else {}),
+            "min_link_ratio": min_link_ratio,
+            "links refused by the look-alike guard": mr.num_guarded,
         },
     )
 
@@ -173,7 +197,7 @@ def merge_cmd(
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
 @tau_intra_option()
 @floor_options
-@_tau_inter
+@tau_inter_option
 @_max_group
 @click.option(
     "--format",
@@ -223,6 +247,7 @@ def clean_cmd(
     min_cos_pos,
     min_norm,
     tau_inter,
+    min_link_ratio,
     max_group_size,
     fmt,
     data,
@@ -242,13 +267,16 @@ def clean_cmd(
     The output folder is built aside and swapped in whole when complete."""
     from faceclean.cleaning.clean import clean
 
-    _check_tau_inter(tau_inter, force)
+    if tau_inter != "auto":
+        _check_tau_inter(tau_inter, force)
+    min_link_ratio = resolve_link_ratio(tau_inter, min_link_ratio)
     min_cos_pos, min_norm = resolve_floors(tau_intra, min_cos_pos, min_norm)
     r = clean(
         embeddings,
         output,
         tau_intra,
         tau_inter,
+        min_link_ratio=min_link_ratio,
         min_cos_pos=min_cos_pos,
         min_norm=min_norm,
         fmt=fmt,

@@ -59,3 +59,30 @@ def resolve_floors(tau_intra, min_cos_pos, min_norm) -> tuple:
         default if min_cos_pos is None else min_cos_pos,
         default if min_norm is None else min_norm,
     )
+
+
+def tau_inter_option(f):
+    """``--tau-inter`` (a cosine or auto) and ``--min-link-ratio`` (the look-alike guard)."""
+    f = click.option(
+        "--min-link-ratio",
+        type=NumberOrAuto(("auto", "off")),
+        default=None,
+        help="Look-alike guard: a link also needs mean cross-class cosine / sqrt(product of "
+        "the two mean within-class cosines) >= this; auto: from classes split in two "
+        "[default: auto with --tau-inter auto, else off].",
+    )(f)
+    return click.option(
+        "--tau-inter",
+        type=NumberOrAuto(min=-1.0, max=1.0),
+        default="0.62",
+        show_default=True,
+        help="Merge classes whose centroid cosine exceeds this (paper: 0.62; below 0 needs "
+        "--force); auto: what two halves of one class reach (see the summary's reason).",
+    )(f)
+
+
+def resolve_link_ratio(tau_inter, min_link_ratio):
+    """The guard's default: auto when tau_inter is auto, off otherwise; 'off' is None."""
+    if min_link_ratio is None:
+        return "auto" if tau_inter == "auto" else None
+    return None if min_link_ratio == "off" else min_link_ratio
