@@ -39,9 +39,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
-from real_faces import celeb_dev_store  # noqa: E402
+from real_faces import celeb_dev_store, nonface_store  # noqa: E402
 
 from faceclean.cleaning.filter import filter_store  # noqa: E402
+from faceclean.cleaning.merge_auto import identity_groups  # noqa: E402
 from faceclean.cleaning.noise import evaluate, inject_noise  # noqa: E402
 
 GRID = np.round(np.arange(0.3, 1.31, 0.05), 2)
@@ -82,7 +83,9 @@ def cleanlab_flags(table: pa.Table, seed: int = 0, classifier: str = "LR") -> np
 
 
 def faceclean_auto(path: Path):
-    r = filter_store(path, "auto", min_cos_pos="auto", min_norm="auto")
+    """As `faceclean clean --tau-intra auto --tau-inter auto` filters."""
+    groups = identity_groups(path, "auto", "auto")
+    r = filter_store(path, "auto", min_cos_pos="auto", min_norm="auto", same_identity=groups)
     return r.scores, r.thresholds
 
 
@@ -97,8 +100,9 @@ def vetted_base(table: pa.Table, tmp: Path) -> pa.Table:
     return keep.set_column(keep.schema.get_field_index("label"), "label", pa.array(labels))
 
 
-def run(table: pa.Table, rate: float, seed: int, tmp: Path) -> dict:
-    ns = inject_noise(table, 0, 0, 0, seed, lookalike=rate / 2, distractors=rate / 2)
+def run(table: pa.Table, rate: float, seed: int, tmp: Path, junk=0.0, junk_source=None) -> dict:
+    kinds = dict(lookalike=rate / 2, distractors=rate / 2, junk=junk, junk_source=junk_source)
+    ns = inject_noise(table, 0, 0, 0, seed, **kinds)
     path = tmp / "noisy.parquet"
     pq.write_table(ns.table, path)
     noise = ns.truth["noise"].to_numpy(zero_copy_only=False)
@@ -127,19 +131,26 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--rates", type=float, nargs="+", default=[0.15, 0.30])
     ap.add_argument("--base", choices=["as-is", "vetted"], default="as-is")
+    ap.add_argument(
+        "--junk", type=float, default=0.0, help="Also append non-face rows (fraction of rows)."
+    )
     args = ap.parse_args()
     table = pq.read_table(celeb_dev_store())
+    source = pq.read_table(nonface_store()) if args.junk else None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.base == "vetted":
             table = vetted_base(table, tmp)
         print(f"celeb_dev ({args.base}): {table.num_rows} rows; seeds {args.seeds}")
         for rate in args.rates:
-            runs = [run(table, rate, s, tmp) for s in args.seeds]
-            print(f"\nlook-alikes + distractors at {rate:.0%} of the rows")
+            runs = [run(table, rate, s, tmp, args.junk, source) for s in args.seeds]
+            junk = f" + junk at {args.junk:.0%}" if args.junk else ""
+            print(f"\nlook-alikes + distractors at {rate:.0%} of the rows{junk}")
+            kinds = ["lookalike", "distractor"] + (["junk"] if args.junk else [])
             print(
                 f"{'method':<18}{'F1':>16}{'precision':>11}{'recall':>8}"
-                f"{'look-alike':>11}{'distractor':>11}  tau"
+                + "".join(f"{k:>11}" for k in kinds)
+                + "  tau"
             )
             for method in runs[0]:
                 f1 = np.array([r[method]["removal_f1"] for r in runs])
@@ -148,8 +159,7 @@ def main() -> None:
                     for k in (
                         "removal_precision",
                         "removal_recall",
-                        "recall_lookalike",
-                        "recall_distractor",
+                        *(f"recall_{k}" for k in kinds),
                     )
                 ]
                 taus = [r[method].get("tau") for r in runs]

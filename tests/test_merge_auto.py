@@ -98,10 +98,17 @@ def half_sums_in_memory(x, y, k):
     return sums, counts
 
 
-def test_too_few_classes_to_split_fall_back_to_the_paper():
+def test_too_few_classes_to_split_fall_back_to_the_paper(tmp_path):
+    from faceclean.cleaning.merge_auto import identity_groups
+
     x, y, _ = faces_with_lookalikes(4, 12)
     tau, ratio, why = choose_merge_thresholds(*half_sums_in_memory(x, y, 5))
     assert tau == PAPER_TAU_INTER and ratio is None and "need 10" in why
+    # Nothing measured: the auto filter scores every label alone (no pre-merge).
+    path = write_embedding_store(tmp_path / "e.parquet", x, y)
+    assert identity_groups(path, "auto", "auto") is None
+    r = run("clean", path, "--tau-intra", "auto", "--tau-inter", "auto", "-o", tmp_path / "c")
+    assert r.exit_code == 0, r.output
 
 
 def test_clean_tau_inter_auto_merges_the_split_and_says_why(tmp_path):

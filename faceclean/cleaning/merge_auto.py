@@ -137,9 +137,11 @@ def identity_groups(
     min_ratio: float | str | None,
     batch_rows: int = 65536,
     device: str = "auto",
-) -> np.ndarray:
+) -> np.ndarray | None:
     """Each label's group of labels that are one identity, merged before any filtering
-    (int [K], a :class:`~faceclean.cleaning.merge.MergeResult`'s ``merged_label``).
+    (int [K], a :class:`~faceclean.cleaning.merge.MergeResult`'s ``merged_label``), or
+    None (score every label alone) when an auto threshold had too few classes to split
+    or the groups would leave fewer than two identities to compare.
 
     ``--tau-intra auto`` filters with this: its threshold sits near D = 1, where the half
     of a split identity is as near its twin as its own label, so without it a split's
@@ -151,7 +153,13 @@ def identity_groups(
 
     sums, counts = class_sums(embeddings, batch_rows)
     everything = np.ones(int(counts.sum()), bool)
-    tau, ratio, _ = resolve_merge_thresholds(
-        embeddings, everything, len(counts), tau_inter, min_ratio, batch_rows
-    )
-    return merge_classes(sums, counts, tau, device=device, min_ratio=ratio).merged_label
+    tau, ratio = tau_inter, min_ratio
+    if "auto" in (tau_inter, min_ratio):
+        halves, half_counts = half_sums(embeddings, everything, len(counts), batch_rows)
+        auto_tau, auto_ratio, _ = choose_merge_thresholds(halves, half_counts)
+        if auto_ratio is None:  # too few classes to split: nothing was measured
+            return None
+        tau = auto_tau if tau_inter == "auto" else float(tau_inter)
+        ratio = auto_ratio if min_ratio == "auto" else min_ratio
+    groups = merge_classes(sums, counts, tau, device=device, min_ratio=ratio).merged_label
+    return groups if len(np.unique(groups[counts > 0])) >= 2 else None
