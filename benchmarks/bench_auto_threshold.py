@@ -84,7 +84,7 @@ def cleanlab_flags(table: pa.Table, seed: int = 0, classifier: str = "LR") -> np
 
 def faceclean_auto(path: Path):
     """As `faceclean clean --tau-intra auto --tau-inter auto` filters."""
-    groups = identity_groups(path, "auto", "auto")
+    groups = identity_groups(path, "auto", "auto", min_cos_pos="auto", min_norm="auto")
     r = filter_store(path, "auto", min_cos_pos="auto", min_norm="auto", same_identity=groups)
     return r.scores, r.thresholds
 

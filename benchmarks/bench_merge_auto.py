@@ -37,7 +37,8 @@ def run(table, seed: int, tmp: Path) -> dict:
     path = tmp / "noisy.parquet"
     pq.write_table(ns.table, path)
     noise, pairs = ns.truth["noise"].to_numpy(zero_copy_only=False), split_pairs(ns.truth)
-    groups = identity_groups(path, "auto", "auto")  # as `clean --tau-intra auto` does
+    floors = {"min_cos_pos": "auto", "min_norm": "auto"}
+    groups = identity_groups(path, "auto", "auto", **floors)  # as `clean` does with auto
     fr = filter_store(path, "auto", min_cos_pos="auto", min_norm="auto", same_identity=groups)
     keep = fr.scores["keep"].to_numpy(zero_copy_only=False)
     tau, ratio, _ = resolve_merge_thresholds(path, keep, len(fr.kept_counts), "auto", "auto")

@@ -222,7 +222,12 @@ def clean(
         # With auto, D near 1 must not set a split identity's halves against each other.
         groups = None
         if tau_intra == "auto":
-            groups = identity_groups(embeddings, tau_inter, min_link_ratio, batch_rows, device)
+            first = tmp / "scores-first-pass.parquet"
+            floors = {"min_cos_pos": min_cos_pos, "min_norm": min_norm, "backend": backend}
+            groups = identity_groups(
+                embeddings, tau_inter, min_link_ratio, first, batch_rows, device, **floors
+            )
+            first.unlink(missing_ok=True)
         fr = filter_store(
             embeddings,
             tau_intra,

@@ -30,6 +30,7 @@ from faceclean.data.store import as_paths, iter_embeddings
 FENCE_IQR = 3.0
 MIN_SPLIT_CLASSES = 10
 PAPER_TAU_INTER = 0.62
+FIRST_PASS_TAU = 0.5  # identity_groups' lenient filter: below it noise, a split near 1
 
 
 def half_sums(
@@ -135,31 +136,54 @@ def identity_groups(
     embeddings: str | Path | list,
     tau_inter: float | str,
     min_ratio: float | str | None,
+    first_scores: Path | None = None,
     batch_rows: int = 65536,
     device: str = "auto",
+    **filter_kwargs,
 ) -> np.ndarray | None:
-    """Each label's group of labels that are one identity, merged before any filtering
-    (int [K], a :class:`~faceclean.cleaning.merge.MergeResult`'s ``merged_label``), or
-    None (score every label alone) when an auto threshold had too few classes to split
-    or the groups would leave fewer than two identities to compare.
+    """Each label's group of labels that are one identity (int [K], a merge's
+    ``merged_label``), merged after a first, lenient filter pass (D >= FIRST_PASS_TAU,
+    label by label), or None
+    (score every label alone) when an auto threshold had too few classes to split or the
+    groups would leave fewer than two identities to compare.
 
-    ``--tau-intra auto`` filters with this: its threshold sits near D = 1, where the half
-    of a split identity is as near its twin as its own label, so without it a split's
-    samples are dropped instead of merged (measured on celeb_dev with 10 % of identities
-    split: 35 % of their samples dropped; see benchmarks/bench_merge_auto.py). Two more
-    streaming passes (class sums, half sums when a threshold is auto)."""
-    from faceclean.cleaning.filter import class_sums
+    ``--tau-intra auto`` filters again with these groups: its threshold sits near D = 1,
+    where the half of a split identity is as near its twin as its own label, so scored
+    alone a split's samples are dropped instead of merged (celeb_dev with 10 % of the
+    identities split: 35 % of their samples dropped; 7 % with the groups). The groups come
+    from centroids filtered at D >= 0.5: unfiltered, look-alike flips pull a person's
+    centroid toward the look-alike's and the two would be grouped, hiding the flips;
+    filtered near D = 1, a split's halves would already be gone. Flips and distractors sit
+    mostly below 0.5 (celeb_dev: 90 % of them below 0.57), a split's halves near 1.
+    ``first_scores``: where the first pass writes its scores (None: in memory);
+    ``filter_kwargs`` go to :func:`~faceclean.cleaning.filter.filter_store`.
+    """
+    import pyarrow.parquet as pq
+
+    from faceclean.cleaning.filter import filter_store
     from faceclean.cleaning.merge import merge_classes
 
-    sums, counts = class_sums(embeddings, batch_rows)
-    everything = np.ones(int(counts.sum()), bool)
+    first = filter_store(
+        embeddings,
+        FIRST_PASS_TAU,
+        first_scores,
+        batch_rows=batch_rows,
+        device=device,
+        **filter_kwargs,
+    )
+    if first.num_kept == 0:
+        return None
+    scores = first.scores if first_scores is None else pq.read_table(first_scores, columns=["keep"])
+    keep = scores["keep"].to_numpy(zero_copy_only=False)
     tau, ratio = tau_inter, min_ratio
     if "auto" in (tau_inter, min_ratio):
-        halves, half_counts = half_sums(embeddings, everything, len(counts), batch_rows)
+        halves, half_counts = half_sums(embeddings, keep, len(first.counts), batch_rows)
         auto_tau, auto_ratio, _ = choose_merge_thresholds(halves, half_counts)
         if auto_ratio is None:  # too few classes to split: nothing was measured
             return None
         tau = auto_tau if tau_inter == "auto" else float(tau_inter)
         ratio = auto_ratio if min_ratio == "auto" else min_ratio
-    groups = merge_classes(sums, counts, tau, device=device, min_ratio=ratio).merged_label
-    return groups if len(np.unique(groups[counts > 0])) >= 2 else None
+    counts = first.kept_counts
+    groups = merge_classes(first.kept_sums, counts, tau, device=device, min_ratio=ratio)
+    labels = groups.merged_label
+    return labels if len(np.unique(labels[counts > 0])) >= 2 else None

@@ -157,7 +157,9 @@ def merge_cmd(
         else:
             groups = None  # see faceclean.cleaning.merge_auto.identity_groups
             if tau_intra == "auto":
-                groups = identity_groups(embeddings, tau_inter, min_link_ratio, batch_rows)
+                groups = identity_groups(
+                    embeddings, tau_inter, min_link_ratio, None, batch_rows, device
+                )
             fr = filter_store(
                 embeddings,
                 tau_intra,
