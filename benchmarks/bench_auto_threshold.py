@@ -6,8 +6,12 @@ real_faces.py); look-alike flips plus distractors at 15 % and 30 % of the rows (
 seeds 0-4 (the rules were developed on seeds 100-104, never on these). Methods, each on the
 same noisy embeddings:
 
-* ``auto``: ``filter_store(tau_intra="auto", min_cos_pos="auto", min_norm="auto")``;
-* ``D=1``: the fixed D = 1 boundary; ``paper 0.3``: the paper's threshold;
+* ``auto``: as ``clean --tau-intra auto --tau-inter auto`` filters: identity groups first
+  (:func:`~faceclean.cleaning.merge_auto.identity_groups`), then ``filter_store(
+  tau_intra="auto", min_cos_pos="auto", min_norm="auto", same_identity=groups)``;
+* ``auto, labels alone``: the same without identity groups (as ``faceclean filter``);
+* ``D=1``: the fixed D = 1 boundary; ``paper 0.3``: the paper's threshold (both on the
+  ``auto`` row's D, with identity groups);
 * ``best fixed``: the best tau on a 0.05 grid chosen with the truth (hindsight, a ceiling
   for any single threshold; not a method);
 * ``cleanlab LR`` and ``cleanlab centroid``: ``cleanlab.filter.find_label_issues``
@@ -112,6 +116,9 @@ def run(table: pa.Table, rate: float, seed: int, tmp: Path, junk=0.0, junk_sourc
     out["auto"] = evaluate(scores["keep"].to_numpy(zero_copy_only=False), noise)
     out["auto"]["tau"] = th.tau_intra
     out["auto"]["seconds"] = time.perf_counter() - t0
+    alone = filter_store(path, "auto", min_cos_pos="auto", min_norm="auto")
+    out["auto, labels alone"] = evaluate(alone.scores["keep"].to_numpy(zero_copy_only=False), noise)
+    out["auto, labels alone"]["tau"] = alone.thresholds.tau_intra
     d = scores["discriminability"].to_numpy(zero_copy_only=False)
     out["D=1"] = evaluate(~(d < 1.0), noise)
     out["paper 0.3"] = evaluate(~(d < 0.3), noise)
