@@ -150,10 +150,10 @@ def identity_groups(
     ``--tau-intra auto`` filters again with these groups: its threshold sits near D = 1,
     where the half of a split identity is as near its twin as its own label, so scored
     alone a split's samples are dropped instead of merged (celeb_dev with 10 % of the
-    identities split, seed 0: 35 % of their samples dropped; 8.5 % with the groups). The groups come
-    from centroids filtered at D >= 0.5: unfiltered, look-alike flips pull a person's
-    centroid toward the look-alike's and the two would be grouped, hiding the flips;
-    filtered near D = 1, a split's halves would already be gone. Flips and distractors sit
+    identities split, seed 0: 35 % of their samples dropped; 8.5 % with the groups). The
+    groups come from centroids filtered at D >= 0.5: unfiltered, look-alike flips pull a
+    person's centroid toward the look-alike's and the two would be grouped, hiding the
+    flips; filtered near D = 1, a split's halves would already be gone. Flips and distractors sit
     mostly below 0.5 (celeb_dev: 90 % of them below 0.57), a split's halves near 1.
     ``first_scores``: where the first pass writes its scores (None: in memory);
     ``filter_kwargs`` go to :func:`~faceclean.cleaning.filter.filter_store`.
