@@ -1,10 +1,10 @@
 """The `faceclean` command line: a thin layer over the Python API, one module per stage.
 
-``common`` holds the group, error handling and shared options; ``extract``, ``clean``,
+``common`` holds the group, error handling and shared options; ``extract``, ``align``, ``clean``,
 ``train`` and ``search`` each register their stage's verbs on the group when imported.
 """
 
-from faceclean.cli import clean, doctor, extract, search, train  # noqa: F401  (registers the verbs)
+from faceclean.cli import align, clean, doctor, extract, search, train  # noqa: F401  (registers the verbs)
 from faceclean.cli.common import main
 
 __all__ = ["main"]

@@ -1,0 +1,180 @@
+"""Which detections `faceclean align` may keep: plausibility checks and rotated retries.
+
+A five-landmark detector also fires on hands, cloth, skin and the like, and it misses
+people lying on their side. :func:`find_faces` keeps only detections whose score reaches
+the floor and whose landmarks have the geometry of a face (:func:`implausible`), and when
+a photo has none it looks again with the photo turned by 90, 180 and 270 degrees, mapping
+what it finds back into the photo's own pixels (so the warp turns the face upright).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from faceclean.data.detectors import FaceDetector, Faces
+
+ROTATIONS = (90, 180, 270)  # degrees counter-clockwise, tried in this order
+_TRANSPOSE = {90: Image.ROTATE_90, 180: Image.ROTATE_180, 270: Image.ROTATE_270}
+
+# Landmark geometry in the face's own frame: origin at the midpoint of the eyes, x along the
+# eye line (image-left eye to the other), y perpendicular to it (down the face), both in
+# units of the distance between the eyes. The ArcFace template has the nose at y = 0.57 and
+# the mouth at y = 1.16, mouth width 0.83. On the best YuNet face of 260 celeb_dev_raw
+# photos the ranges seen were: nose y 0.46-1.22, mouth y 0.82-2.53, mouth width 0.73-1.01,
+# nose x -0.72-0.87, eye distance / box width 0.20-0.55; every one passes the ranges below,
+# which reject landmark sets that are upside down, collapsed or stretched.
+NOSE_Y = (0.2, 1.5)
+MOUTH_Y = (0.5, 2.8)
+MOUTH_WIDTH = (0.4, 1.4)
+NOSE_X = (-1.0, 1.0)
+EYES_IN_BOX = (0.15, 0.8)  # eye distance / box width
+
+
+def face_frame(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
+    """(landmarks [5, 2] in the face's frame (see above), eye distance in pixels)."""
+    lm = np.asarray(landmarks, np.float64)
+    eyes = lm[1] - lm[0]
+    d = float(np.hypot(*eyes))
+    if d < 1e-6:
+        return np.full((5, 2), np.nan), d
+    x = eyes / d
+    y = np.array([-x[1], x[0]])  # x rotated +90 degrees in image coordinates (y down)
+    rel = lm - (lm[0] + lm[1]) / 2
+    return np.stack([rel @ x, rel @ y], axis=1) / d, d
+
+
+def roll_degrees(landmarks: np.ndarray) -> float:
+    """In-plane angle of the eye line in the image, degrees (0: level, positive: the
+    image-right eye lower, i.e. clockwise in the picture)."""
+    eyes = np.asarray(landmarks, np.float64)[1] - np.asarray(landmarks, np.float64)[0]
+    return float(np.degrees(np.arctan2(eyes[1], eyes[0])))
+
+
+def implausible(box: np.ndarray, score: float, landmarks: np.ndarray, min_score: float):
+    """Why a detection is not a face to keep, in a few words, or None when it passes.
+
+    Args:
+        box: x1, y1, x2, y2 in pixels. score: the detector's score, 0..1.
+        landmarks: [5, 2] pixels, ArcFace order (eyes, nose, mouth corners).
+        min_score: the score floor.
+    """
+    if score < min_score:
+        return f"score {score:.2f} under {min_score:g}"
+    f, d = face_frame(landmarks)
+    width = float(box[2] - box[0])
+    if not np.isfinite(f).all() or width <= 0:
+        return "landmarks collapsed"
+    nose, mouth = f[2], (f[3] + f[4]) / 2
+    checks = (
+        (nose[1], NOSE_Y, "nose not below the eyes"),
+        (mouth[1] - nose[1], (0.05, np.inf), "mouth not below the nose"),
+        (mouth[1], MOUTH_Y, "mouth too near or far from the eyes"),
+        (f[4, 0] - f[3, 0], MOUTH_WIDTH, "mouth corners implausible"),
+        (nose[0], NOSE_X, "nose beside the face"),
+        (d / width, EYES_IN_BOX, "eyes implausible for the box"),
+    )
+    for value, (lo, hi), reason in checks:
+        if not lo <= value <= hi:
+            return f"{reason} ({value:.2f})"
+    return None
+
+
+def _rotation_matrix(degrees: int, w: int, h: int) -> np.ndarray:
+    """2x3 map from a point of the photo turned ``degrees`` counter-clockwise (PIL's
+    ``transpose``) back to the unturned ``w`` x ``h`` photo, continuous pixel coords."""
+    if degrees == 90:  # turned (x', y') = (y, w - x)
+        return np.array([[0.0, -1.0, w], [1.0, 0.0, 0.0]])
+    if degrees == 180:
+        return np.array([[-1.0, 0.0, w], [0.0, -1.0, h]])
+    if degrees == 270:  # turned (x', y') = (h - y, x)
+        return np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, h]])
+    return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def unrotate(faces: Faces, degrees: int, size: tuple[int, int]) -> Faces:
+    """Detections made on the photo turned ``degrees`` (counter-clockwise), in the pixels of
+    the unturned photo of ``size`` (w, h). Landmark order (the face's own) is unchanged."""
+    if degrees == 0 or not len(faces):
+        return faces
+    m = _rotation_matrix(degrees, *size)
+    lm = faces.landmarks.astype(np.float64) @ m[:, :2].T + m[:, 2]
+    b = faces.boxes.astype(np.float64)
+    corners = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [0, 3]], b[:, [2, 3]]], axis=1)
+    corners = corners @ m[:, :2].T + m[:, 2]
+    boxes = np.concatenate([corners.min(1), corners.max(1)], axis=1)
+    return Faces(boxes.astype(np.float32), faces.scores, lm.astype(np.float32))
+
+
+@dataclass
+class Found:
+    """The outcome of looking for faces in one photo.
+
+    Attributes:
+        faces: the detections that passed the checks, in the photo's pixels, best score
+            first (empty when none did).
+        num_found: detections with a score at the floor or above (and a box of min_size
+            or more) at the rotation used (at 0 degrees when nothing passed at any).
+        rotation: degrees the photo was turned counter-clockwise for detection (0, 90, 180,
+            270). reason: why nothing was kept, or None.
+    """
+
+    faces: Faces
+    num_found: int
+    rotation: int
+    reason: str | None
+
+
+def _detect(det, image, detect_score, min_size):
+    faces = det.detect(image, detect_score)
+    wh = faces.boxes[:, 2:] - faces.boxes[:, :2]
+    return faces.take(np.nonzero(wh.min(1) >= min_size)[0]) if len(faces) else faces
+
+
+def find_faces(
+    det: FaceDetector,
+    image: Image.Image,
+    min_score: float,
+    min_size: float = 0.0,
+    *,
+    check: bool = True,
+    rotate: bool = True,
+    detect_score: float | None = None,
+) -> Found:
+    """Detect, keep the plausible faces and, when none, retry the photo turned.
+
+    Args:
+        det: the detector. image: the photo (any PIL mode).
+        min_score: the score floor of a kept face. min_size: smallest box side, pixels.
+        check: apply :func:`implausible` (else every detection above the floor passes).
+        rotate: when nothing passes, try :data:`ROTATIONS` in turn, keeping the first that
+            gives a face that passes.
+        detect_score: the detector's own threshold: detections between it and the floor
+            are never kept, but one can be the reason given [default: the lower of 0.5 and
+            min_score].
+    """
+    detect_score = min(0.5 if detect_score is None else detect_score, min_score)
+    first_reason, first_count = None, 0
+    for degrees in (0, *(ROTATIONS if rotate else ())):
+        turned = image if degrees == 0 else image.transpose(_TRANSPOSE[degrees])
+        faces = _detect(det, turned, detect_score, min_size)
+        reasons = [
+            implausible(b, float(s), lm, min_score if check else 0.0) if check else None
+            for b, s, lm in zip(faces.boxes, faces.scores, faces.landmarks, strict=True)
+        ]
+        if not check:  # only the score floor
+            reasons = [
+                None if s >= min_score else f"score {s:.2f} under {min_score:g}"
+                for s in faces.scores
+            ]
+        ok = [k for k, r in enumerate(reasons) if r is None]
+        count = int((faces.scores >= min_score).sum())
+        if ok:
+            return Found(unrotate(faces.take(ok), degrees, image.size), count, degrees, None)
+        if degrees == 0:
+            first_count = count
+            # The best-scoring rejected detection says why the photo gave nothing.
+            first_reason = f"no plausible face: {reasons[0]}" if reasons else "no face found"
+    return Found(faces.take([]), first_count, 0, first_reason)

@@ -1,0 +1,159 @@
+"""One photo of `faceclean align`: decode, find the faces, pick, warp, write, describe.
+
+:func:`align_photo` returns the rows of the per-photo record
+(:mod:`faceclean.data.align_records`) with the crops already written, or, for
+``--pick identity`` and a photo with several plausible faces, the candidate crops left for
+the second pass to choose from (:class:`Pending`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from faceclean.data.align_checks import find_faces, roll_degrees
+from faceclean.data.align_warp import refine_landmarks, warp
+from faceclean.data.detectors import Faces
+from faceclean.data.preprocess import ImageError, decode_image
+from faceclean.data.store import atomic_path
+from faceclean.errors import FacecleanError
+
+PICKS = ("largest", "central", "identity", "all")
+_FORMATS = {e: f for e, f in Image.registered_extensions().items()}
+
+
+@dataclass(frozen=True)
+class Options:
+    """How each photo is aligned (see :func:`faceclean.data.align.align` for the meaning)."""
+
+    pick: str = "largest"
+    min_size: float = 0.0
+    min_score: float = 0.6
+    size: int = 112
+    refine: bool = True
+    check: bool = True
+    rotate: bool = True
+
+
+@dataclass
+class Pending:
+    """A photo with several plausible faces, waiting for ``--pick identity``'s choice."""
+
+    crops: list[Image.Image]
+    rows: list[dict]  # one per candidate, largest first, "crop" not yet set
+    embeddings: np.ndarray  # [k, dim] unit
+
+
+@dataclass
+class PhotoResult:
+    rows: list[dict]  # record rows of the photo (written crops or the reason for none)
+    residuals: list[float] = field(default_factory=list)
+    pending: Pending | None = None
+    embedding: np.ndarray | None = None  # --pick identity: the kept (largest) face's
+
+
+def pick_faces(faces: Faces, image_size: tuple[int, int], pick: str) -> Faces:
+    """The faces to keep: the largest, the one nearest the image centre, or all (largest
+    first; also for "identity", which chooses among them later)."""
+    if pick not in PICKS:
+        raise FacecleanError(f"--pick must be one of {', '.join(PICKS)}, not {pick!r}")
+    if not len(faces):
+        return faces
+    if pick == "central":
+        centre = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2 - np.array(image_size) / 2
+        return faces.take([int(np.argmin((centre**2).sum(1)))])
+    area = np.prod(faces.boxes[:, 2:] - faces.boxes[:, :2], axis=1)
+    order = np.argsort(-area, kind="stable")
+    return faces.take(order[:1] if pick == "largest" else order)
+
+
+def suffixed(rel: str, k: int) -> str:
+    """``a/b.jpg``, 2 -> ``a/b_2.jpg`` (``--pick all``'s crop names)."""
+    stem, ext = os.path.splitext(rel)
+    return f"{stem}_{k}{ext}"
+
+
+def save(image: Image.Image, path: Path) -> None:
+    """Write ``image`` atomically in the format its extension names."""
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise FacecleanError("cannot tell the image format from the extension", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def is_grey(image: Image.Image) -> bool:
+    """Whether every pixel of an RGB image has R = G = B. A sparse grid of pixels is looked
+    at first, so a colour photo costs ~1/64 of a full comparison."""
+    rgb = np.asarray(image)
+    for view in (rgb[::8, ::8], rgb):
+        if not ((view[..., 0] == view[..., 1]).all() and (view[..., 1] == view[..., 2]).all()):
+            return False
+    return True
+
+
+def _row(path: str, identity: str, **values) -> dict:
+    return {"path": path, "identity": identity, **values}
+
+
+def align_photo(
+    read, path: str, identity: str, rel: str, out_root: Path, det, opts: Options, embed=None
+) -> PhotoResult:
+    """Align one photo to ``out_root/rel``.
+
+    Args:
+        read: a call that returns the photo's encoded bytes.
+        path, identity: how the record names the photo and its class.
+        rel: where its crop goes, relative to ``out_root`` (``--pick all``: ``rel`` with
+            ``_1``, ``_2``... suffixes). det: the FaceDetector.
+        embed: ``--pick identity``'s :class:`CropEmbedder` (else None).
+    """
+    try:
+        # extract's decoder: upright by EXIF, RGB, and a reason a person can read.
+        image = decode_image(read())
+    except (ImageError, FacecleanError, OSError) as e:
+        return PhotoResult([_row(path, identity, reason=str(e))])
+    if is_grey(image):
+        image = image.convert("L")  # a greyscale photo stays greyscale (PGM in, PGM out)
+    found = find_faces(
+        det, image, opts.min_score, opts.min_size, check=opts.check, rotate=opts.rotate
+    )
+    common = {"faces_found": found.num_found, "rotation": found.rotation}
+    if found.reason is not None:
+        return PhotoResult([_row(path, identity, reason=found.reason, **common)])
+    faces = pick_faces(found.faces, image.size, opts.pick)
+    landmarks = faces.landmarks.astype(np.float64)
+    if opts.refine:
+        landmarks = [refine_landmarks(det, image, lm) for lm in landmarks]
+    crops = [warp(image, lm, opts.size) for lm in landmarks]
+    rows = [
+        _row(
+            path,
+            identity,
+            score=float(faces.scores[k]),
+            box=[float(v) for v in faces.boxes[k]],
+            landmarks=[float(v) for v in np.ravel(landmarks[k])],
+            roll=roll_degrees(landmarks[k]),
+            residual=crops[k][1],
+            **common,
+        )
+        for k in range(len(faces))
+    ]
+    residuals = [res for _, res in crops]
+    if opts.pick == "identity":
+        emb = embed([c for c, _ in crops])
+        if len(crops) > 1:
+            return PhotoResult([], [], Pending([c for c, _ in crops], rows, emb))
+        rows[0]["crop"] = rel
+        save(crops[0][0], out_root / rel)
+        return PhotoResult(rows, residuals, embedding=emb[0])
+    rels = [rel] if opts.pick != "all" else [suffixed(rel, k + 1) for k in range(len(crops))]
+    for r, row, (crop, _) in zip(rels, rows, crops, strict=True):
+        save(crop, out_root / r)
+        row["crop"] = r
+    return PhotoResult(rows, residuals)
