@@ -8,6 +8,7 @@ the second pass to choose from (:class:`Pending`).
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from faceclean.errors import FacecleanError
 
 PICKS = ("largest", "central", "identity", "all")
 _FORMATS = {e: f for e, f in Image.registered_extensions().items()}
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,14 @@ def save(image: Image.Image, path: Path) -> None:
         image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
-def is_grey(image: Image.Image) -> bool:
-    """Whether every pixel of an RGB image has R = G = B. A sparse grid of pixels is looked
-    at first, so a colour photo costs ~1/64 of a full comparison."""
-    rgb = np.asarray(image)
-    for view in (rgb[::8, ::8], rgb):
-        if not ((view[..., 0] == view[..., 1]).all() and (view[..., 1] == view[..., 2]).all()):
-            return False
-    return True
+def grey_source(data: bytes) -> bool:
+    """Whether encoded image bytes hold a greyscale image (PGM, grey JPEG/PNG), from the
+    header alone (~0.1 ms; comparing the decoded channels cost ~2 ms a photo)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.mode in _GREY_MODES
+    except Exception:  # decode_image has already said what is wrong with it
+        return False
 
 
 def _row(path: str, identity: str, **values) -> dict:
@@ -115,10 +117,11 @@ def align_photo(
     """
     try:
         # extract's decoder: upright by EXIF, RGB, and a reason a person can read.
-        image = decode_image(read())
+        data = read()
+        image = decode_image(data)
     except (ImageError, FacecleanError, OSError) as e:
         return PhotoResult([_row(path, identity, reason=str(e))])
-    if is_grey(image):
+    if grey_source(data):
         image = image.convert("L")  # a greyscale photo stays greyscale (PGM in, PGM out)
     found = find_faces(
         det, image, opts.min_score, opts.min_size, check=opts.check, rotate=opts.rotate

@@ -54,14 +54,17 @@ def apply_transform(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ m[:, :2].T + m[:, 2]
 
 
-def affine_warp(image: Image.Image, m: np.ndarray, size: tuple[int, int]) -> Image.Image:
+def affine_warp(
+    image: Image.Image, m: np.ndarray, size: tuple[int, int], resample=Image.BILINEAR
+) -> Image.Image:
     """``image`` moved by the 2x3 affine ``m`` (pixel-index coordinates, source to
-    destination, as cv2.warpAffine takes it) onto a (width, height) canvas, bilinear."""
+    destination, as cv2.warpAffine takes it) onto a (width, height) canvas, bilinear (or
+    another PIL ``resample``)."""
     inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
     # PIL samples with pixel centres at +0.5; m works on pixel indices.
     c = inv[:, 2] + 0.5 - inv[:, :2] @ np.array([0.5, 0.5])
     data = (inv[0, 0], inv[0, 1], c[0], inv[1, 0], inv[1, 1], c[1])
-    return image.transform(size, Image.AFFINE, data, resample=Image.BILINEAR)
+    return image.transform(size, Image.AFFINE, data, resample=resample)
 
 
 def warp(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> tuple[Image.Image, float]:
