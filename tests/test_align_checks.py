@@ -210,3 +210,70 @@ def test_pick_identity_without_a_face_model_is_a_one_line_error(tmp_path, faces)
     )
     assert res.exit_code == 2 and "--pick identity needs a face model" in res.output
     assert "Traceback" not in res.output
+
+
+def _faces(scores, boxes, roll=0.0):
+    """Faces with the given scores and boxes, template-shaped landmarks inside each box,
+    turned by ``roll`` degrees about the box centre."""
+    lms = []
+    a = np.deg2rad(roll)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    for x1, y1, x2, y2 in boxes:
+        s = (x2 - x1) / 112
+        c = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+        lms.append(((ARCFACE_TEMPLATE - 56) * s) @ rot.T + c)
+    return Faces(
+        np.array(boxes, np.float32), np.array(scores, np.float32), np.array(lms, np.float32)
+    )
+
+
+def test_a_large_weak_detection_does_not_win_over_a_clear_face():
+    from faceclean.data.align_photo import pick_faces
+
+    faces = _faces([0.92, 0.68, 0.88], [[10, 10, 50, 50], [100, 0, 300, 200], [60, 60, 90, 90]])
+    assert pick_faces(faces, (400, 300), "largest").scores.tolist() == pytest.approx([0.92])
+    # "all" and "identity": every face, the eligible first, largest first
+    ordered = pick_faces(faces, (400, 300), "all").scores.tolist()
+    assert ordered == pytest.approx([0.92, 0.88, 0.68])
+    central = pick_faces(faces, (400, 300), "central")
+    assert central.scores.tolist() == pytest.approx([0.88])  # the drum is nearer the centre
+
+
+class ScriptedDetector:
+    """Answers the k-th detect call with the k-th scripted Faces (0, 90, 180, 270 deg)."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = answers, 0
+
+    def detect(self, image, min_score):
+        self.calls += 1
+        return self.answers[self.calls - 1]
+
+
+def test_a_doubtful_face_makes_every_turn_be_tried_and_the_best_kept():
+    image = Image.new("L", (400, 300))
+    none = _faces([], np.zeros((0, 4)))
+    # at 0 deg: a face at 0.80 (a face lying sideways, marked as upright); turned 90 deg
+    # (the photo is then 300 wide, 400 high) a face at 0.95.
+    det = ScriptedDetector(
+        [
+            _faces([0.8], [[100, 100, 200, 200]]),
+            _faces([0.95], [[120, 150, 220, 250]]),
+            none,
+            _faces([0.7], [[10, 10, 90, 90]]),
+        ]
+    )
+    found = find_faces(det, image, 0.6)
+    assert det.calls == 4 and found.rotation == 90 and found.faces.scores[0] == pytest.approx(0.95)
+    back = unrotate(_faces([0.95], [[120, 150, 220, 250]]), 90, (400, 300))
+    np.testing.assert_allclose(found.faces.landmarks, back.landmarks)
+    # a confident upright face: nothing else is tried
+    det = ScriptedDetector([_faces([0.9], [[100, 100, 200, 200]])])
+    assert find_faces(det, image, 0.6).rotation == 0 and det.calls == 1
+    # a confident score but an eye line at 80 degrees: the turns are tried
+    det = ScriptedDetector([_faces([0.9], [[100, 100, 200, 200]], roll=80), none, none, none])
+    found = find_faces(det, image, 0.6)
+    assert det.calls == 4 and found.rotation == 0 and len(found.faces) == 1
+    # --no-rotate: one look
+    det = ScriptedDetector([_faces([0.8], [[100, 100, 200, 200]])])
+    assert find_faces(det, image, 0.6, rotate=False).rotation == 0 and det.calls == 1
