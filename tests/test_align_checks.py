@@ -25,20 +25,27 @@ BOX = np.array([20.0, 20.0, 100.0, 120.0])
 def test_template_landmarks_pass_and_broken_geometries_say_why():
     lm = ARCFACE_TEMPLATE * 1.5 + 10
     assert implausible(BOX * 1.5, 0.9, lm, 0.6) is None
+    profile = lm.copy()
+    profile[1, 0] = profile[0, 0] + 4  # eyes almost on each other: a face in profile
+    profile[4, 0] = profile[3, 0] + 6
+    assert implausible(BOX * 1.5, 0.9, profile, 0.6) is None
     assert implausible(BOX, 0.5, lm, 0.6) == "score 0.50 under 0.6"
-    upside_down = lm.copy()
-    upside_down[:, 1] = 200 - upside_down[:, 1]  # mirrored top to bottom: mouth above eyes
-    assert implausible(BOX * 1.5, 0.9, upside_down, 0.6).startswith("nose not below the eyes")
+    mirrored = lm.copy()
+    mirrored[:, 1] = 200 - mirrored[:, 1]  # flipped top to bottom: a reflection
+    assert implausible(BOX * 1.5, 0.9, mirrored, 0.6).startswith("eyes mirrored")
     squashed = lm.copy()
     squashed[3:, 1] = squashed[2, 1] + 1  # mouth on the nose's line
-    assert implausible(BOX * 1.5, 0.9, squashed, 0.6).startswith("mouth not below the nose")
+    assert implausible(BOX * 1.5, 0.9, squashed, 0.6).startswith("nose not between")
     stretched = lm.copy()
     stretched[3:, 1] += 150  # mouth far below: a chin-to-belly "face"
-    assert implausible(BOX * 1.5, 0.9, stretched, 0.6).startswith("mouth too near or far")
-    narrow = lm.copy()
-    narrow[3:, 0] = narrow[2, 0]  # mouth corners on one point
-    assert implausible(BOX * 1.5, 0.9, narrow, 0.6).startswith("mouth corners")
-    assert implausible(BOX * 10, 0.9, lm, 0.6).startswith("eyes implausible for the box")
+    assert implausible(BOX * 1.5, 0.9, stretched, 0.6).startswith("nose not between")
+    swapped = lm.copy()
+    swapped[[3, 4]] = swapped[[4, 3]]  # mouth corners the wrong way round
+    assert implausible(BOX * 1.5, 0.9, swapped, 0.6).startswith("mouth corners mirrored")
+    aside = lm.copy()
+    aside[2, 0] += 60
+    assert implausible(BOX * 1.5, 0.9, aside, 0.6).startswith("nose beside the face")
+    assert implausible(BOX * 10, 0.9, lm, 0.6).startswith("landmarks out of proportion")
     assert implausible(BOX, 0.9, np.zeros((5, 2)), 0.6) == "landmarks collapsed"
 
 
