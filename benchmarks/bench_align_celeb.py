@@ -33,10 +33,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from faceclean.data import align_photo
 from faceclean.data.align import align
 from faceclean.data.align_identity import CropEmbedder
-from faceclean.data.align_warp import ARCFACE_TEMPLATE, landmark_template
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RAW = SHARED / "data/celeb_dev_raw"
@@ -48,7 +46,6 @@ VARIANTS = {
     "no-refine": {"refine": False},
     "identity": {"pick": "identity"},
     "largest-only": {"check": False, "rotate": False},  # no checks or turns
-    "arcface-template": {},  # default, but YuNet's landmarks warped onto the ArcFace template
 }
 
 
@@ -117,12 +114,7 @@ def main() -> None:
                 kwargs |= {"embedder": embedder}
             out = Path(tmp) / name
             t = time.perf_counter()
-            if name == "arcface-template":
-                align_photo.landmark_template = lambda kind: ARCFACE_TEMPLATE
-            try:
-                r = align(RAW, out, YUNET, workers=args.workers, device="cpu", **kwargs)
-            finally:
-                align_photo.landmark_template = landmark_template
+            r = align(RAW, out, YUNET, workers=args.workers, device="cpu", **kwargs)
             secs = time.perf_counter() - t
             kept = [(out / k).is_file() for k in keys]
             emb = np.zeros_like(ref)

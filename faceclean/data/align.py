@@ -36,7 +36,6 @@ from faceclean.data.align_warp import (
     ARCFACE_TEMPLATE,
     affine_warp,
     apply_transform,
-    landmark_template,
     refine_landmarks,
     similarity_transform,
     warp,
@@ -196,7 +195,6 @@ def align(
     settings = {
         **opts.__dict__,
         "detector": f"{det.path.name} {det.max_side}",
-        "template": landmark_template(det.kind).tolist(),
         "embedder": str(embedder.model.path.name) if pick == "identity" else None,
     }
     out_root.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from faceclean.data.align_checks import find_faces, roll_degrees
-from faceclean.data.align_warp import landmark_template, refine_landmarks, warp
+from faceclean.data.align_warp import refine_landmarks, warp
 from faceclean.data.detectors import Faces
 from faceclean.data.preprocess import ImageError, decode_image
 from faceclean.data.store import atomic_path
@@ -146,8 +146,7 @@ def align_photo(
     landmarks = faces.landmarks.astype(np.float64)
     if opts.refine:
         landmarks = [refine_landmarks(det, image, lm) for lm in landmarks]
-    template = landmark_template(det.kind)
-    crops = [warp(image, lm, opts.size, template) for lm in landmarks]
+    crops = [warp(image, lm, opts.size) for lm in landmarks]
     rows = [
         _row(
             path,

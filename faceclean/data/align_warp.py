@@ -26,31 +26,6 @@ ARCFACE_TEMPLATE = np.array(
 )
 
 
-# Where YuNet puts the five landmarks of a face that is aligned to ARCFACE_TEMPLATE by
-# SCRFD's landmarks (the convention the template and most face models were made with):
-# the mean of YuNet's landmarks on 1,235 celeb_dev crops of the 148 identities that are not
-# in celeb_dev_raw (benchmarks/calibrate_template.py). YuNet marks the eyes ~1.5 px and the
-# nose ~1.9 px lower and the mouth corners ~3.6 px higher than that convention, so warping
-# YuNet's landmarks onto ARCFACE_TEMPLATE itself zooms the face in by ~8% and shifts it,
-# and crops identified worse than SCRFD's (benchmarks/bench_align_celeb.py).
-YUNET_TEMPLATE = np.array(
-    [
-        [38.32, 53.19],
-        [73.71, 53.15],
-        [55.94, 73.63],
-        [41.35, 88.60],
-        [71.10, 89.00],
-    ],
-    np.float64,
-)
-
-
-def landmark_template(kind: str) -> np.ndarray:
-    """The points a detector of ``kind`` ("yunet", "scrfd") marks on a face aligned to the
-    ArcFace template: warping its landmarks onto these gives ArcFace-aligned crops."""
-    return YUNET_TEMPLATE if kind == "yunet" else ARCFACE_TEMPLATE
-
-
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 2x3 similarity ``M`` minimising ``sum |M [src;1] - dst|^2`` (Umeyama 1991).
 
@@ -92,13 +67,10 @@ def affine_warp(
     return image.transform(size, Image.AFFINE, data, resample=resample)
 
 
-def warp(
-    image: Image.Image, landmarks: np.ndarray, size: int = 112, template: np.ndarray | None = None
-) -> tuple[Image.Image, float]:
-    """(size x size crop with ``landmarks`` moved onto ``template`` [default: the ArcFace
-    template; see :func:`landmark_template`], RMS residual in template pixels). The template
-    is scaled by size/112."""
-    template = (ARCFACE_TEMPLATE if template is None else template) * (size / 112.0)
+def warp(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> tuple[Image.Image, float]:
+    """(size x size crop with ``landmarks`` moved onto the ArcFace template, RMS residual in
+    template pixels). The template is scaled by size/112."""
+    template = ARCFACE_TEMPLATE * (size / 112.0)
     m = similarity_transform(landmarks, template)
     residual = float(np.sqrt(((apply_transform(m, landmarks) - template) ** 2).sum(1).mean()))
     return affine_warp(image, m, (size, size)), residual
