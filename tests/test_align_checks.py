@@ -284,3 +284,9 @@ def test_a_doubtful_face_makes_every_turn_be_tried_and_the_best_kept():
     # --no-rotate: one look
     det = ScriptedDetector([_faces([0.8], [[100, 100, 200, 200]])])
     assert find_faces(det, image, 0.6, rotate=False).rotation == 0 and det.calls == 1
+
+
+def test_an_embedder_without_pick_identity_is_a_usage_error(tmp_path, faces):
+    args = ["align", str(faces), "-o", str(tmp_path / "o"), "--detector", str(YUNET)]
+    res = CliRunner().invoke(main, [*args, "--embedder", "m.onnx"])
+    assert res.exit_code == 2 and "--embedder is only used with --pick identity" in res.output

@@ -141,6 +141,9 @@ def align_cmd(
     """
     from faceclean.data.align import align
 
+    if embedder is not None and pick != "identity":
+        raise click.UsageError("--embedder is only used with --pick identity")
+
     r = align(
         data,
         output,

@@ -72,7 +72,7 @@ class AlignResult:
     num_resumed: int
     num_faces: int
     num_failed: int
-    failures: list[tuple[str, int, str]]
+    failures: list[tuple[str, str, str]]  # (photo, identity, reason)
     failures_path: Path | None
     list_path: Path | None
     detector: str
