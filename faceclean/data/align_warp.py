@@ -77,7 +77,11 @@ def warp(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> tuple[Im
 
 
 def refine_landmarks(
-    det: FaceDetector, image: Image.Image, landmarks: np.ndarray, margin: int = 56
+    det: FaceDetector,
+    image: Image.Image,
+    landmarks: np.ndarray,
+    margin: int = 56,
+    mirror: bool = True,
 ) -> np.ndarray:
     """Landmarks found again on the face warped upright, mapped back to ``image``.
 
@@ -85,14 +89,31 @@ def refine_landmarks(
     and detected again; detectors place landmarks better on an upright face of the size
     they were trained on (measured on ORL faces rotated up to 25 degrees: the error after
     warping fell from a median 3.7 to 2.7 template pixels, p95 7.7 to 5.4). The original
-    landmarks are kept when the second look finds no face.
+    landmarks are kept when the second look finds no face. With ``mirror`` (default), the
+    mirrored canvas is looked at too and the two sets of landmarks averaged (one more small
+    detector call): the detector's errors on a face and on its mirror image partly cancel
+    (celeb_dev_raw, 774 photos: 1-NN of the crops 0.9664 against 0.9625 without the mirror,
+    benchmarks/bench_align_celeb.py).
     """
     size = 112 + 2 * margin
     m = similarity_transform(landmarks, ARCFACE_TEMPLATE + margin)
-    faces = det.detect(affine_warp(image, m, (size, size)), 0.3)
-    if not len(faces):
+    canvas = affine_warp(image, m, (size, size))
+    found = [_central_landmarks(det, canvas)]
+    if mirror:
+        flipped = _central_landmarks(det, canvas.transpose(Image.FLIP_LEFT_RIGHT))
+        if flipped is not None:  # back to the canvas; the face's left is the image's right
+            found.append(np.stack([size - flipped[:, 0], flipped[:, 1]], 1)[[1, 0, 2, 4, 3]])
+    found = [f for f in found if f is not None]
+    if not found:
         return landmarks
-    centre = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2 - size / 2
-    k = int(np.argmin((centre**2).sum(1)))
     inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-    return apply_transform(inv, faces.landmarks[k].astype(np.float64))
+    return apply_transform(inv, np.mean(found, axis=0))
+
+
+def _central_landmarks(det: FaceDetector, canvas: Image.Image) -> np.ndarray | None:
+    """Landmarks [5, 2] of the face nearest the centre of ``canvas``, or None."""
+    faces = det.detect(canvas, 0.3)
+    if not len(faces):
+        return None
+    centre = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2 - np.array(canvas.size) / 2
+    return faces.landmarks[int(np.argmin((centre**2).sum(1)))].astype(np.float64)
