@@ -199,6 +199,22 @@ def test_pick_identity_keeps_the_face_of_the_photos_label_not_the_largest(tmp_pa
     assert row["faces_found"] == 2 and row["crop"] == "s1/group.png"
     single = pq.read_table(by_id.records_path).to_pylist()[0]
     assert single["crop"] == "s1/1.png" and single["similarity"] is None
+    # Resumed: the other photos are done, so their crops on disk make the centroid.
+    (tmp_path / "identity" / "s1" / "group.png").unlink()
+    again = align(
+        raw,
+        tmp_path / "identity",
+        YUNET,
+        pick="identity",
+        embedder=SHARED_MODEL,
+        preset="imagenet",
+        workers=1,
+        device="cpu",
+    )
+    assert again.num_resumed == 4 and again.num_chosen == 1
+    rows = {r["path"]: r for r in pq.read_table(again.records_path).to_pylist()}
+    assert rows["s1/group.png"]["box"][2] < 200
+    assert rows["s1/group.png"]["similarity"] == pytest.approx(row["similarity"], abs=1e-3)
 
 
 def test_pick_identity_without_a_face_model_is_a_one_line_error(tmp_path, faces):
@@ -290,3 +306,16 @@ def test_an_embedder_without_pick_identity_is_a_usage_error(tmp_path, faces):
     args = ["align", str(faces), "-o", str(tmp_path / "o"), "--detector", str(YUNET)]
     res = CliRunner().invoke(main, [*args, "--embedder", "m.onnx"])
     assert res.exit_code == 2 and "--embedder is only used with --pick identity" in res.output
+
+
+@needs_yunet
+def test_the_cli_summary_names_the_record_and_the_counts(tmp_path):
+    raw = _raw_folder(tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        main, ["align", str(raw), "-o", str(out), "--detector", str(YUNET), "--device", "cpu"]
+    )
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "record" in text and "not plausible" in text and "turned" in text
+    assert (tmp_path / "out.align.parquet").is_file()
