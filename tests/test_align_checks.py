@@ -169,6 +169,11 @@ def test_a_killed_run_resumes_and_its_record_stays_complete(tmp_path, monkeypatc
     assert rows[0]["reason"].startswith("no plausible face: score")
 
 
+def _align_by_identity(raw, out):
+    kw = {"embedder": SHARED_MODEL, "preset": "imagenet", "workers": 1, "device": "cpu"}
+    return align(raw, out, YUNET, pick="identity", **kw)
+
+
 @needs_yunet
 @pytest.mark.skipif(not SHARED_MODEL.is_file(), reason=f"no face model at {SHARED_MODEL}")
 def test_pick_identity_keeps_the_face_of_the_photos_label_not_the_largest(tmp_path):
@@ -181,16 +186,7 @@ def test_pick_identity_keeps_the_face_of_the_photos_label_not_the_largest(tmp_pa
     group.paste(Image.open(SHARED_ORL / "s2" / "1.pgm").resize((138, 168)), (250, 40))
     group.save(raw / "s1" / "group.png")
     largest = align(raw, tmp_path / "largest", YUNET, workers=1, device="cpu")
-    by_id = align(
-        raw,
-        tmp_path / "identity",
-        YUNET,
-        pick="identity",
-        embedder=SHARED_MODEL,
-        preset="imagenet",
-        workers=1,
-        device="cpu",
-    )
+    by_id = _align_by_identity(raw, tmp_path / "identity")
     assert largest.num_faces == by_id.num_faces == 5 and by_id.num_chosen == 1
     row = {r["path"]: r for r in pq.read_table(largest.records_path).to_pylist()}["s1/group.png"]
     assert row["box"][0] > 200 and row["similarity"] is None  # the larger stranger
@@ -201,16 +197,7 @@ def test_pick_identity_keeps_the_face_of_the_photos_label_not_the_largest(tmp_pa
     assert single["crop"] == "s1/1.png" and single["similarity"] is None
     # Resumed: the other photos are done, so their crops on disk make the centroid.
     (tmp_path / "identity" / "s1" / "group.png").unlink()
-    again = align(
-        raw,
-        tmp_path / "identity",
-        YUNET,
-        pick="identity",
-        embedder=SHARED_MODEL,
-        preset="imagenet",
-        workers=1,
-        device="cpu",
-    )
+    again = _align_by_identity(raw, tmp_path / "identity")
     assert again.num_resumed == 4 and again.num_chosen == 1
     rows = {r["path"]: r for r in pq.read_table(again.records_path).to_pylist()}
     assert rows["s1/group.png"]["box"][2] < 200
