@@ -252,7 +252,8 @@ def test_align_layouts_picks_failures_and_resume(tmp_path):
     assert sorted(p.name for p in (tmp_path / "from_rec" / "7").iterdir()) == ["1.png", "2.png"]
     r = align(raw / "list.txt", tmp_path / "c", det, pick="central", workers=1)
     again = align(raw / "list.txt", tmp_path / "c", det, pick="central", workers=1)
-    assert again.num_resumed == 1 and again.num_faces == 1 and again.num_failed == 1
+    # both photos have their record row (the blank one its reason), so neither is redone
+    assert again.num_resumed == 2 and again.num_faces == 1 and again.num_failed == 1
 
 
 def test_align_refuses_to_write_into_its_input(tmp_path, faces):
@@ -281,13 +282,10 @@ def test_align_cli_refuses_an_unknown_detector(tmp_path, faces):
 
 
 def test_an_undecodable_photo_is_a_failure_with_a_reason_a_person_reads(tmp_path):
-    from faceclean.data.align import _align_one
+    from faceclean.data.align_photo import Options, align_photo
 
-    class OneFile:
-        def read(self, i):
-            return b"this is text, not a photo"
-
-    written, residuals, error = _align_one(
-        OneFile(), 0, "x/a.jpg", tmp_path, None, "largest", 0, 0.5, 112, False
+    res = align_photo(
+        lambda: b"this is text, not a photo", "x/a.jpg", "x", "x/a.jpg", tmp_path, None, Options()
     )
-    assert (written, residuals, error) == ([], [], "not an image")
+    assert res.rows == [{"path": "x/a.jpg", "identity": "x", "reason": "not an image"}]
+    assert res.residuals == [] and not (tmp_path / "x").exists()

@@ -9,8 +9,11 @@ embeddings, shared by extract and evaluation), ``store`` (the embedding Parquet 
 streamed by row group; atomic writes), ``partstore`` (extract's resumable chunks),
 ``parallel`` (in-order reads on a thread pool, a bounded window ahead),
 ``sharding`` (``extract --shard I/N``), ``extraction`` (``faceclean extract``),
-``detectors`` (YuNet and SCRFD), ``align`` (``faceclean align``), ``synthetic``
-(synthetic faces and embeddings for tests and the demo).
+``detectors`` (YuNet and SCRFD), ``align`` (``faceclean align``: ``align_photo`` one
+photo, ``align_checks`` which detections may be kept and turned retries, ``align_warp``
+the template and the warp, ``align_records`` the per-photo record, ``align_identity``
+``--pick identity``), ``synthetic`` (synthetic faces and embeddings for tests and the
+demo).
 
 Exports: ``extract``, ``open_dataset``, ``iter_embeddings``, ``read_metadata``,
 ``FaceModel``, ``Preprocessing``, ``PRESETS``.
