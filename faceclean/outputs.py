@@ -233,11 +233,13 @@ def remove_stale(path: PathLike) -> list[Path]:
     return [e for e, _, _ in stale]
 
 
-def remove_stale_inside(folder: PathLike) -> list[Path]:
+def remove_stale_inside(folder: PathLike, recursive: bool = False) -> list[Path]:
     """Remove the temporaries dead writers left inside a folder that is updated in place
-    (a run folder: ``.checkpoint.pt.tmp-<pid>`` from a kill during a save)."""
+    (a run folder: ``.checkpoint.pt.tmp-<pid>`` from a kill during a save; with
+    ``recursive``, also in its sub-folders: align's identity folders)."""
     removed = []
-    for entry in Path(folder).glob(".*.tmp-*"):
+    folder = Path(folder)
+    for entry in list(folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*")):
         suffix = entry.name.rsplit("-", 1)[-1]
         if suffix.isdigit() and (int(suffix) == os.getpid() or not pid_alive(int(suffix))):
             _remove(entry)

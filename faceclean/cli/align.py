@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from faceclean.cli.common import console, main
+from faceclean.cli.common import Finite, console, main
 from faceclean.data.preprocess import PRESETS
 
 
@@ -54,14 +54,14 @@ from faceclean.data.preprocess import PRESETS
 )
 @click.option(
     "--min-size",
-    type=click.FloatRange(0, None),
+    type=Finite(0, None),
     default=0.0,
     show_default=True,
     help="Smallest face box side, px.",
 )
 @click.option(
     "--min-score",
-    type=click.FloatRange(0, 1),
+    type=Finite(0, 1),
     default=0.6,
     show_default=True,
     help="Score floor of a kept face (a photo with only weaker detections says so in its record).",

@@ -19,6 +19,7 @@ killed run started again skips every photo that has its record row and its crops
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -46,6 +47,7 @@ from faceclean.data.parallel import ordered_map
 from faceclean.data.recordio import write_face_rec
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
+from faceclean.outputs import remove_stale_inside
 from faceclean.progress import RowProgress
 
 __all__ = [
@@ -105,6 +107,27 @@ def output_relpath(ds: FaceDataset, i: int) -> str:
     if p.is_absolute() or ".." in p.parts:  # keep every crop inside the output folder
         return f"{ds.identities[ds.labels[i]]}/{p.name}"
     return path
+
+
+def unique_relpaths(rels: list[str]) -> list[str]:
+    """``rels`` with each repeat made distinct (``x.jpg``, ``x~2.jpg``, ``x~3.jpg``, in
+    order): photos of one name from different folders (a list of absolute paths, or
+    ``.png`` and ``.jpg`` of one stem packed as JPEG into a ``.rec``) would otherwise be
+    written to one crop, each over the last, and listed several times."""
+    taken = set(rels)
+    seen: set[str] = set()
+    out = []
+    for rel in rels:
+        if rel in seen:
+            stem, ext = os.path.splitext(rel)
+            k = 2
+            while f"{stem}~{k}{ext}" in taken:
+                k += 1
+            rel = f"{stem}~{k}{ext}"
+            taken.add(rel)
+        seen.add(rel)
+        out.append(rel)
+    return out
 
 
 def align(
@@ -173,9 +196,15 @@ def align(
         if rec_path.exists():
             raise FacecleanError("output .rec already exists; remove it first", rec_path)
 
+    rels = unique_relpaths(
+        [
+            os.path.splitext(r)[0] + ".jpg" if rec else r
+            for r in (output_relpath(ds, i) for i in range(len(ds)))
+        ]
+    )
+
     def rel_of(i: int) -> str:
-        rel = output_relpath(ds, i)
-        return os.path.splitext(rel)[0] + ".jpg" if rec else rel
+        return rels[i]
 
     src_root, dst = Path(ds.root).resolve(), out_root.resolve()
     if dst == src_root or (ds.kind == "folder" and src_root in dst.parents):
@@ -198,6 +227,9 @@ def align(
         "embedder": str(embedder.model.path.name) if pick == "identity" else None,
     }
     out_root.mkdir(parents=True, exist_ok=True)
+    # A killed run leaves its half-written crop as .NAME.tmp-PID beside the crop: remove
+    # those of dead writers, in every identity folder (the crops themselves are resumed).
+    remove_stale_inside(out_root, recursive=True)
     log = RecordLog(records_path(final), settings)
     n = len(ds)
     todo = [i for i in range(n) if not log.done(ds.path(i), lambda r: (out_root / r).exists())]
@@ -249,7 +281,16 @@ def align(
         items = (
             (label[ds.labels[i]], (out_root / r).read_bytes()) for i in order for r in crops[i]
         )
-        write_face_rec(rec_path, items)
+        try:
+            write_face_rec(rec_path, items)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise FacecleanError(
+                f"{e.strerror} while packing the crops; they are kept in {out_root}, and the "
+                "same command resumes from them once there is space",
+                rec_path,
+            ) from None
         shutil.rmtree(out_root)
     elif ds.kind == "list":
         list_path = _write_list(ds, out_root, source.name, crops)

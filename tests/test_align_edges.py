@@ -1,0 +1,87 @@
+"""align defects of the fuzzing pass: one crop per photo however the photos are named, no
+NaN thresholds, no stale temporaries, a full disk while packing a .rec said plainly."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from faceclean.cli import main
+from faceclean.data.align import unique_relpaths
+from tests.conftest import SHARED
+
+DETECTOR = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+RAW = SHARED / "data" / "celeb_dev_raw"
+needs_raw = pytest.mark.skipif(
+    not (DETECTOR.is_file() and RAW.is_dir()), reason=f"shared detector and photos not at {SHARED}"
+)
+
+
+def test_unique_relpaths_keeps_every_photo_apart():
+    rels = ["0/a.jpg", "0/a.jpg", "0/a~2.jpg", "1/a.jpg", "0/a.jpg"]
+    out = unique_relpaths(rels)
+    assert len(set(out)) == len(out) == 5
+    assert out[0] == "0/a.jpg" and out[2] == "0/a~2.jpg" and out[3] == "1/a.jpg"
+
+
+@pytest.fixture()
+def same_named(tmp_path) -> Path:
+    """Three different photos named same.jpg in three folders, listed by absolute path
+    under one label: all three crops went to 0/same.jpg, the list named it three times."""
+    src = sorted(RAW.rglob("*.jpg"))[:3]
+    lines = []
+    for i, p in enumerate(src):
+        d = tmp_path / "photos" / f"d{i}"
+        d.mkdir(parents=True)
+        shutil.copy(p, d / "same.jpg")
+        lines.append(f"{(d / 'same.jpg').resolve()} 0\n")
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(lines))
+    return listing
+
+
+def _align(listing: Path, out: Path, *extra: str):
+    return CliRunner().invoke(
+        main, ["align", str(listing), "-o", str(out), "--detector", str(DETECTOR), *extra]
+    )
+
+
+@needs_raw
+def test_photos_of_one_name_get_one_crop_each(same_named, tmp_path):
+    out = tmp_path / "out"
+    res = _align(same_named, out, "--no-refine")
+    assert res.exit_code == 0, res.output
+    listed = [line.split()[0] for line in (out / "list.txt").read_text().splitlines()]
+    assert len(set(listed)) == 3 and all((out / p).is_file() for p in listed)
+    # A killed run's zero-byte temporary (a dead PID) is removed when the job resumes.
+    stale = out / "0" / ".same.jpg.tmp-999999999"
+    stale.write_bytes(b"")
+    res = _align(same_named, out, "--no-refine")
+    assert res.exit_code == 0, res.output
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("option", ["--min-score", "--min-size"])
+def test_nan_thresholds_are_refused(same_named, tmp_path, option):
+    res = _align(same_named, tmp_path / "out", option, "nan")
+    assert res.exit_code == 2 and "not a finite number" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+@needs_raw
+def test_a_full_disk_while_packing_a_rec_says_what_is_kept(same_named, tmp_path, monkeypatch):
+    import faceclean.data.align as align_module
+
+    def full(path, items):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(align_module, "write_face_rec", full)
+    res = _align(same_named, tmp_path / "out.rec", "--no-refine", "-q")
+    assert res.exit_code == 2, res.output
+    assert "out.rec: No space left on device while packing the crops" in res.output
+    assert "out.rec.partial" in res.output and "resumes" in res.output
+    assert res.output.strip().count("\n") == 0
