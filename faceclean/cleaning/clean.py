@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from faceclean.cleaning.dedup import restrict_inputs
 from faceclean.cleaning.filter import FilterResult, filter_store
 from faceclean.cleaning.merge import MergeResult, merge_classes
+from faceclean.cleaning.merge_auto import identity_groups, resolve_merge_thresholds
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import ImageError
 from faceclean.data.recimages import rec_image, write_property
@@ -159,9 +160,12 @@ class CleanResult:
 def clean(
     embeddings: str | Path | list,
     output_dir: str | Path,
-    tau_intra: float = 0.3,
-    tau_inter: float = 0.62,
+    tau_intra: float | str = 0.3,
+    tau_inter: float | str = 0.62,
     *,
+    min_link_ratio: float | str | None = None,
+    min_cos_pos: float | str | None = None,
+    min_norm: float | str | None = None,
     fmt: str = "parquet",
     max_group_size: int = 0,
     loo_below: int | None = None,
@@ -179,6 +183,11 @@ def clean(
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
     ``embeddings`` is one store or a list of shards (one label space, one dimension).
+    ``tau_intra``, ``min_cos_pos`` and ``min_norm`` are the filter's (see
+    :func:`.filter.filter_store`; ``"auto"`` chooses from the data and the summary says
+    what and why). ``tau_inter`` and ``min_link_ratio`` (the look-alike guard) are the
+    merge's; ``"auto"`` chooses them from split statistics of the kept samples (see
+    :mod:`.merge_auto`).
 
     Merging uses centroids of the kept samples only, from the sums the filter pass
     already has, so the whole clean reads the embeddings twice (sums, then scores).
@@ -222,17 +231,41 @@ def clean(
             "clean": tmp / clean_name,
             "summary": tmp / "summary.json",
         }
+        # With auto, D near 1 must not set a split identity's halves against each other.
+        groups = None
+        if tau_intra == "auto":
+            first = tmp / "scores-first-pass.parquet"
+            floors = {"min_cos_pos": min_cos_pos, "min_norm": min_norm, "backend": backend}
+            groups = identity_groups(
+                embeddings, tau_inter, min_link_ratio, first, batch_rows, device, **floors
+            )
+            first.unlink(missing_ok=True)
         fr = filter_store(
             embeddings,
             tau_intra,
             paths["scores"],
+            same_identity=groups,
+            min_cos_pos=min_cos_pos,
+            min_norm=min_norm,
             loo_below=loo_below,
             batch_rows=batch_rows,
             device=device,
             backend=backend,
         )
+        tau_intra = fr.thresholds.tau_intra  # the value applied (chosen, with auto)
         fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
-        mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
+        keep = pq.read_table(paths["scores"], columns=["keep"])["keep"]
+        tau_inter, min_link_ratio, merge_why = resolve_merge_thresholds(
+            embeddings,
+            keep.to_numpy(zero_copy_only=False),
+            len(fr.kept_counts),
+            tau_inter,
+            min_link_ratio,
+            batch_rows,
+        )
+        mr = merge_classes(
+            fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device, min_link_ratio
+        )
         kept_counts = fr.kept_counts
         if reviewed is not None:
             kept_counts, mr, applied = _apply_review(reviewed, review, paths, fr, mr, tmp)
@@ -256,8 +289,11 @@ def clean(
             "embeddings": [str(e) for e in given],
             # The image root training reads the list against (absolute since extract 0.2).
             "dataset": str(data_root or read_metadata(given[0]).get("dataset") or "") or None,
-            "tau_intra": tau_intra,
+            **fr.thresholds.summary(),
             "tau_inter": tau_inter,
+            **({"tau_inter_auto": merge_why} if merge_why else {}),
+            "min_link_ratio": min_link_ratio,
+            "links_refused_by_guard": mr.num_guarded,
             "max_group_size": max_group_size,
             "loo_below": loo_below,
             "samples": fr.num_samples,

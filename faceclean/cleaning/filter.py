@@ -13,7 +13,8 @@ For L2-normalised embeddings x_i with labels y_i (DESIGN.md, "The cleaning math"
 * discriminability D_i = cos_pos / cos_neg. Where cos_neg <= 1e-6 the ratio means nothing:
   D_i = +inf when cos_pos > 0 (the sample is far from every other class) and 0 otherwise;
 * keep_i = D_i >= tau_intra. Singletons (one sample, nothing to compare with) are kept
-  with D = NaN.
+  with D = NaN. Floors for junk may also drop cos_pos < min_cos_pos, norm < min_norm;
+  any of the three may be ``"auto"`` (see :mod:`.thresholds`).
 
 Stated behaviour: a store with fewer than two classes is an error; classes whose every
 sample is dropped vanish from the clean list and are counted in the summary.
@@ -32,6 +33,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.cleaning.thresholds import (
+    Thresholds,
+    choose_thresholds,
+    group_sums,
+    parse_thresholds,
+)
 from faceclean.data.store import (
     as_paths,
     atomic_path,
@@ -189,13 +196,15 @@ class FilterResult:
     scores: pa.Table | None = None
     output: Path | None = None
     max_discriminability: float = float("nan")  # the largest D (NaN: only singletons)
+    thresholds: Thresholds | None = None  # what was applied, and why for the automatic ones
 
     def require_kept(self, tau_intra: float, where=None) -> None:
         """Raise a named error when the threshold dropped every sample: an empty clean
         list or merge must never look like a result."""
         if self.num_kept == 0:
             raise FacecleanError(
-                f"tau_intra {tau_intra} drops every sample (the largest D is "
+                f"tau_intra {tau_intra}{self.thresholds.floors() if self.thresholds else ''} "
+                f"drops every sample (the largest D is "
                 f"{self.max_discriminability:.3g}); nothing would be left: lower --tau-intra",
                 where,
             )
@@ -215,8 +224,10 @@ def score_batches(
     device: str = "auto",
     columns: tuple[str, ...] = ("path", "label", "identity", "embedding"),
     backend: str = "auto",
+    label_map: np.ndarray | None = None,
 ) -> Iterator[tuple[dict, dict]]:
-    """Yield (input batch, score columns) for every batch of the store(s); see module doc."""
+    """Yield (input batch, score columns) for every batch of the store(s); see module doc.
+    With ``label_map`` (label -> group), sums and counts are per group."""
     path = as_paths(path)
     present = np.flatnonzero(counts > 0)
     if len(present) < 2:
@@ -233,6 +244,7 @@ def score_batches(
     cols = tuple(dict.fromkeys((*columns, "label", "embedding")))
     for batch in _checked_batches(path, cols, batch_rows):
         x, y = batch["embedding"], batch["label"]
+        y = y if label_map is None else label_map[y]
         sims, pos = index.hardest_excluding(x, position[y])
         neg = present[pos]
         cos_neg = sims.astype(np.float64)
@@ -261,9 +273,12 @@ def score_batches(
 
 def filter_store(
     path: str | Path | list,
-    tau_intra: float = 0.3,
+    tau_intra: float | str = 0.3,
     output: str | Path | None = None,
     *,
+    min_cos_pos: float | str | None = None,
+    min_norm: float | str | None = None,
+    same_identity: np.ndarray | None = None,
     loo_below: int | None = None,
     batch_rows: int = 65536,
     device: str = "auto",
@@ -276,10 +291,16 @@ def filter_store(
     Args:
         path: embedding store (see :mod:`faceclean.data.store`), or a list of shards that share
             one embedding dimension and one label space.
-        tau_intra: threshold on discriminability (paper: 0.3; useful range ~0.1-0.5).
+        tau_intra: threshold on discriminability (paper: 0.3; useful range ~0.1-0.5), or
+            ``"auto"``: chosen from the distribution of D (see :mod:`.thresholds`).
         output: scores Parquet to write (columns ``path``, ``label``, ``identity``,
             ``cos_pos``, ``hardest_negative``, ``cos_neg``, ``discriminability``, ``keep``).
             None keeps the table in memory (``result.scores``).
+        min_cos_pos, min_norm: floors for junk, also dropping cos_pos < min_cos_pos and
+            ``norm`` (the store's raw feature norm) < min_norm; ``"auto"``: far-out fences
+            of their distributions (no norm floor without a norm column); None: off.
+        same_identity: int [K], labels that are one identity (a merge's ``merged_label``):
+            D against the own group and other groups (a split twin is no negative).
         loo_below: None (default): every own centroid leaves the sample out; n: only in
             classes of fewer than n samples (0.1's behaviour with 10).
         batch_rows: rows per streamed batch (bounds memory).
@@ -288,19 +309,27 @@ def filter_store(
         progress: show a progress bar (rows scored) on stderr.
 
     Returns:
-        A :class:`FilterResult`. Two streaming passes over the store; memory holds the
-        K x d centroid sums and one batch, never N x d.
+        A :class:`FilterResult` (``thresholds``: what was applied, and why). Two streaming
+        passes (three with an ``"auto"``); memory O(K x d + one batch), never N x d.
     """
     path = as_paths(path)
     output = Path(output) if output is not None else None
+    has_norm = all("norm" in pf.schema_arrow.names for _, pf in open_stores(path))
+    where = path[0] if len(path) == 1 else ", ".join(p.name for p in path)
+    asked = parse_thresholds(tau_intra, min_cos_pos, min_norm, has_norm, where)
     with contextlib.ExitStack() as stack:
         if output is not None:  # checked and locked before any work
             stack.enter_context(writing(output, overwrite=overwrite, inputs=path))
-        return _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, progress)
+        run = (loo_below, batch_rows, device, backend, progress)
+        return _filter(path, asked, has_norm, output, *run, same_identity)
 
 
-def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, progress):
+def _filter(path, asked, has_norm, output, loo_below, batch_rows, device, backend, progress, group):
     sums, counts = class_sums(path, batch_rows)
+    scored = group_sums(sums, counts, group)  # what D is against: labels, or their groups
+    run = (loo_below, batch_rows, device, backend, progress)
+    thresholds = choose_thresholds(path, asked, has_norm, *scored, *run)
+    tau_intra = thresholds.tau_intra
     kept_sums = sums.copy()
     kept_counts = counts.copy()
     schema = pa.schema(
@@ -321,12 +350,16 @@ def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, pro
         if has_identity
         else ("path", "label", "embedding")
     )
+    if thresholds.min_norm is not None:
+        columns = (*columns, "norm")
     tables, device_used, top = [], "cpu", [float("nan")]
 
     def tables_out(writer):
         nonlocal device_used
         bar = RowProgress(progress, "filter", int(counts.sum()))
-        batches = score_batches(path, sums, counts, loo_below, batch_rows, device, columns, backend)
+        batches = score_batches(
+            path, *scored[:2], loo_below, batch_rows, device, columns, backend, scored[2]
+        )
         for batch, scores in batches:
             bar.advance(len(batch["label"]))
             device_used = scores.pop("_device")
@@ -334,6 +367,10 @@ def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, pro
             if (~np.isnan(d)).any():
                 top[0] = float(np.fmax(top[0], np.nanmax(d)))
             keep = ~(d < tau_intra)  # NaN (singletons) is kept
+            if thresholds.min_cos_pos is not None:
+                keep &= ~(scores["cos_pos"] < thresholds.min_cos_pos)
+            if thresholds.min_norm is not None:
+                keep &= ~(batch["norm"] < thresholds.min_norm)
             drop = ~keep
             if drop.any():
                 y = batch["label"][drop]
@@ -374,6 +411,7 @@ def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, pro
         kept_counts=kept_counts,
         device=device_used,
         max_discriminability=top[0],
+        thresholds=thresholds,
         scores=pa.concat_tables(tables) if output is None else None,
         output=output,
     )

@@ -8,6 +8,12 @@ into one giant group, so ``max_group_size`` guards it: inside a group that is to
 weakest links are cut, one by one, until every part is small enough. Every group is
 reported, with every link and its cosine.
 
+With ``min_ratio`` (the look-alike guard, see :mod:`.merge_auto`) a link also needs its
+ratio rho = (mean cross-class cosine) / sqrt(product of the two mean within-class cosines)
+to reach ``min_ratio``: look-alikes are close but less close than a class is to itself.
+Every link above tau_inter is listed with its ``ratio``; a link the guard refused is
+``merged`` False unless other links join the two classes.
+
 Stated behaviour: with no class present (a filter that dropped everything) or one, there is
 nothing to link: every table is empty or the identity. A merge that unites more than
 ``WARN_MERGED_SHARE`` of the classes is almost surely a threshold typo (``tau_inter`` near
@@ -23,6 +29,7 @@ import pyarrow as pa
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
 from faceclean.cleaning.filter import normalise_rows
+from faceclean.cleaning.merge_auto import link_ratio, mean_within
 
 WARN_MERGED_SHARE = 0.5  # of the present classes, inside merged groups
 
@@ -31,7 +38,8 @@ WARN_MERGED_SHARE = 0.5  # of the present classes, inside merged groups
 class MergeResult:
     """``merged_label[k]`` is the smallest label in k's group (k itself when unmerged);
     ``table`` has ``label``, ``merged_label``, ``group_size`` for every present class;
-    ``pairs`` has ``label_a``, ``label_b``, ``cosine`` for every link above tau_inter."""
+    ``pairs`` has ``label_a``, ``label_b``, ``cosine``, ``ratio`` (the guard's rho) and
+    ``merged`` for every link above tau_inter."""
 
     merged_label: np.ndarray
     table: pa.Table
@@ -40,6 +48,7 @@ class MergeResult:
     num_split_groups: int  # groups the chain guard had to cut
     merged_share: float = 0.0  # share of the present classes inside merged groups
     warning: str | None = None  # set when merged_share > WARN_MERGED_SHARE
+    num_guarded: int = 0  # links above tau_inter the look-alike guard refused
 
     @property
     def classes_in_groups(self) -> int:
@@ -106,6 +115,7 @@ def merge_classes(
     tau_inter: float = 0.62,
     max_group_size: int = 0,
     device: str = "auto",
+    min_ratio: float | None = None,
 ) -> MergeResult:
     """Group classes whose centroids are more similar than ``tau_inter``.
 
@@ -116,11 +126,18 @@ def merge_classes(
         max_group_size: largest group allowed (0 = no limit): bigger groups are split by
             cutting their weakest links.
         device: FAISS device, "auto", "cpu" or "cuda".
+        min_ratio: the look-alike guard: links whose ratio rho is below this are not
+            merged (None: off).
     """
     present = np.flatnonzero(counts > 0)
     centroids = normalise_rows(np.asarray(sums, np.float64)[present]).astype(np.float32)
     a, b, w = centroid_links(centroids, present, tau_inter, device)
-    comps, cut = _guarded(present, a, b, w, max_group_size)
+    sums, counts = np.asarray(sums, np.float64), np.asarray(counts)
+    mu = mean_within(sums, counts)
+    ratio = link_ratio(sums[a], sums[b], counts[a], counts[b], mu[a], mu[b])
+    # A singleton has no within-class cosine: its ratio is NaN and the guard lets it pass.
+    held = ratio < min_ratio if min_ratio is not None else np.zeros(len(a), bool)
+    comps, cut = _guarded(present, a[~held], b[~held], w[~held], max_group_size)
     merged = np.arange(len(counts), dtype=np.int64)
     size = np.zeros(len(counts), np.int64)
     groups = []
@@ -131,7 +148,7 @@ def merge_classes(
         if len(comp) > 1:
             groups.append(comp.tolist())
     if cut:
-        n_cut = sum(1 for g in _components(present, a, b) if len(g) > max_group_size)
+        n_cut = sum(1 for g in _components(present, a[~held], b[~held]) if len(g) > max_group_size)
     same = merged[a] == merged[b]
     groups.sort(key=lambda g: (-len(g), g[0]))
     share = sum(len(g) for g in groups) / max(len(present), 1)
@@ -147,10 +164,17 @@ def merge_classes(
             {"label": present, "merged_label": merged[present], "group_size": size[present]}
         ),
         pairs=pa.table(
-            {"label_a": a, "label_b": b, "cosine": w, "merged": same},
+            {
+                "label_a": a,
+                "label_b": b,
+                "cosine": w,
+                "ratio": ratio.astype(np.float32),
+                "merged": same,
+            },
         ),
         groups=groups,
         num_split_groups=n_cut,
         merged_share=share,
         warning=warning,
+        num_guarded=int(held.sum()),
     )

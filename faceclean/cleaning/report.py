@@ -210,6 +210,12 @@ def _write_report(clean_dir: Path, summary: dict, data_root, folder: Path) -> di
         )
         + "</table>",
         "<h2>Discriminability</h2><img src='discriminability.png'>",
+        *(  # --tau-intra auto: what was chosen and why (faceclean.cleaning.thresholds)
+            f"<p>{k[: -len('_auto')]} = {summary.get(k[: -len('_auto')])}, chosen from the "
+            f"data: {html.escape(str(v))}</p>"
+            for k, v in summary.items()
+            if k.endswith("_auto")
+        ),
         "<h2>Classes with the most dropped samples</h2><table><tr><th>label</th><th>identity"
         "</th><th>samples</th><th>dropped</th></tr>"
         + "".join(

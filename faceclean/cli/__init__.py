@@ -1,13 +1,14 @@
 """The `faceclean` command line: a thin layer over the Python API, one module per stage.
 
 ``common`` holds the group, error handling and shared options; ``extract``, ``clean``,
-``train`` and ``search`` each register their stage's verbs on the group when imported.
+``noise``, ``train`` and ``search`` each register their stage's verbs on the group when imported.
 """
 
 from faceclean.cli import (  # noqa: F401  (registers the verbs)
     clean,
     doctor,
     extract,
+    noise,
     review,
     search,
     train,

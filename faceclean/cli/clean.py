@@ -1,4 +1,5 @@
-"""`faceclean filter`, `merge`, `clean`, `report`, `inject-noise`, `evaluate-cleaning`."""
+"""`faceclean filter`, `merge`, `clean`, `report`, `overlap` (inject-noise and
+evaluate-cleaning: :mod:`faceclean.cli.noise`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 import click
 
 from faceclean.cli.common import (
-    Finite,
     _backend,
     _batch_rows,
     _check_tau_inter,
@@ -17,20 +17,26 @@ from faceclean.cli.common import (
     _max_group,
     _overwrite,
     _summary_table,
-    _tau_inter,
-    _tau_intra_help,
     _warn,
     _write_pairs,
     main,
 )
+from faceclean.cli.threshold_options import (
+    NumberOrAuto,
+    floor_options,
+    resolve_floors,
+    resolve_link_ratio,
+    tau_inter_option,
+    tau_intra_option,
+)
 from faceclean.data.store import sibling
-from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
 
 @main.command("filter")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tau-intra", type=Finite(), default=0.3, show_default=True, help=_tau_intra_help)
+@tau_intra_option()
+@floor_options
 @click.option(
     "-o",
     "--output",
@@ -43,20 +49,34 @@ from faceclean.outputs import writing
 @_backend
 @_batch_rows
 @_overwrite
-def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_rows, overwrite):
+def filter_cmd(
+    embeddings,
+    tau_intra,
+    min_cos_pos,
+    min_norm,
+    output,
+    loo_below,
+    device,
+    backend,
+    batch_rows,
+    overwrite,
+):
     """Score each sample: D = cos(own centroid) / cos(hardest negative centroid).
 
     EMBEDDINGS is one embedding store or several shards of one (same dimension, labels).
 
     Writes path, label, identity, cos_pos, hardest_negative, cos_neg, discriminability and
-    keep (D >= tau_intra; singletons are kept with D = NaN).
+    keep (D >= tau_intra and above the floors; singletons are kept with D = NaN).
     """
     from faceclean.cleaning.filter import filter_store
 
+    min_cos_pos, min_norm = resolve_floors(tau_intra, min_cos_pos, min_norm)
     r = filter_store(
         embeddings,
         tau_intra,
         output,
+        min_cos_pos=min_cos_pos,
+        min_norm=min_norm,
         loo_below=loo_below,
         batch_rows=batch_rows,
         device=device,
@@ -65,7 +85,7 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
     )
     if r.num_kept == 0:  # the scores are complete, but nothing passes: say so loudly
         _warn(
-            f"tau_intra {tau_intra} drops every sample (the largest D is "
+            f"tau_intra {r.thresholds.tau_intra} drops every sample (the largest D is "
             f"{r.max_discriminability:.3g}): a clean at this threshold would be empty"
         )
     _summary_table(
@@ -79,18 +99,19 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
             "classes emptied": r.num_emptied,
             "singleton classes": r.num_singletons,
             "search backend": r.device,
+            **r.thresholds.summary(),
         },
     )
 
 
 @main.command("merge")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@_tau_inter
+@tau_inter_option
 @click.option(
     "--tau-intra",
-    type=Finite(),
+    type=NumberOrAuto(),
     default=None,
-    help="Filter first and merge the centroids of the kept samples only.",
+    help="Filter first (a number or auto) and merge the centroids of the kept samples only.",
 )
 @_max_group
 @click.option(
@@ -108,6 +129,7 @@ def filter_cmd(embeddings, tau_intra, output, loo_below, device, backend, batch_
 def merge_cmd(
     embeddings,
     tau_inter,
+    min_link_ratio,
     tau_intra,
     max_group_size,
     output,
@@ -118,26 +140,42 @@ def merge_cmd(
     overwrite,
 ):
     """Group classes that are one identity (union-find over centroid links)."""
+    import numpy as np
+
     from faceclean.cleaning.filter import class_sums, filter_store
     from faceclean.cleaning.merge import merge_classes
+    from faceclean.cleaning.merge_auto import identity_groups, resolve_merge_thresholds
 
-    _check_tau_inter(tau_inter, force)
+    if tau_inter != "auto":
+        _check_tau_inter(tau_inter, force)
+    min_link_ratio = resolve_link_ratio(tau_inter, min_link_ratio)
     pairs_path = sibling(output, ".pairs.parquet")
     with writing(output, overwrite=overwrite, inputs=embeddings, companions=[pairs_path]):
         if tau_intra is None:
             sums, counts = class_sums(embeddings, batch_rows)
+            keep = np.ones(int(counts.sum()), bool)
         else:
+            groups = None  # see faceclean.cleaning.merge_auto.identity_groups
+            if tau_intra == "auto":
+                groups = identity_groups(
+                    embeddings, tau_inter, min_link_ratio, None, batch_rows, device
+                )
             fr = filter_store(
                 embeddings,
                 tau_intra,
                 None,
+                same_identity=groups,
                 loo_below=loo_below,
                 batch_rows=batch_rows,
                 device=device,
             )
-            fr.require_kept(tau_intra)
+            fr.require_kept(fr.thresholds.tau_intra)
             sums, counts = fr.kept_sums, fr.kept_counts
-        mr = merge_classes(sums, counts, tau_inter, max_group_size, device)
+            keep = fr.scores["keep"].to_numpy(zero_copy_only=False)
+        tau_inter, min_link_ratio, why = resolve_merge_thresholds(
+            embeddings, keep, len(counts), tau_inter, min_link_ratio, batch_rows
+        )
+        mr = merge_classes(sums, counts, tau_inter, max_group_size, device, min_link_ratio)
         _write_pairs([(mr.table, output), (mr.pairs, pairs_path)])
     _warn(mr.warning)
     _summary_table(
@@ -149,14 +187,19 @@ def merge_cmd(
             "merged groups": len(mr.groups),
             "groups split by guard": mr.num_split_groups,
             "largest group": len(mr.groups[0]) if mr.groups else 1,
+            "tau_inter": tau_inter,
+            **({"tau_inter_auto": why} if why else {}),
+            "min_link_ratio": min_link_ratio,
+            "links refused by the look-alike guard": mr.num_guarded,
         },
     )
 
 
 @main.command("clean")
 @click.argument("embeddings", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tau-intra", type=Finite(), default=0.3, show_default=True, help=_tau_intra_help)
-@_tau_inter
+@tau_intra_option()
+@floor_options
+@tau_inter_option
 @_max_group
 @click.option(
     "--format",
@@ -210,7 +253,10 @@ def merge_cmd(
 def clean_cmd(
     embeddings,
     tau_intra,
+    min_cos_pos,
+    min_norm,
     tau_inter,
+    min_link_ratio,
     max_group_size,
     fmt,
     data,
@@ -232,13 +278,18 @@ def clean_cmd(
     from faceclean.cleaning.clean import clean
 
     _check_dedup(dedup, dedup_keep, force)
-
-    _check_tau_inter(tau_inter, force)
+    if tau_inter != "auto":
+        _check_tau_inter(tau_inter, force)
+    min_link_ratio = resolve_link_ratio(tau_inter, min_link_ratio)
+    min_cos_pos, min_norm = resolve_floors(tau_intra, min_cos_pos, min_norm)
     r = clean(
         embeddings,
         output,
         tau_intra,
         tau_inter,
+        min_link_ratio=min_link_ratio,
+        min_cos_pos=min_cos_pos,
+        min_norm=min_norm,
         fmt=fmt,
         max_group_size=max_group_size,
         loo_below=loo_below,
@@ -301,84 +352,6 @@ def report_cmd(clean_dir, data, output, overwrite):
 
     out = write_report(clean_dir, data, output, overwrite)
     _summary_table("faceclean report", {k: str(v) for k, v in out.items()})
-
-
-@main.command("inject-noise")
-@click.argument("embeddings", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Noisy store; the truth goes to <output>.truth.parquet.",
-)
-@click.option(
-    "--flip",
-    type=Finite(0.0, 1.0),
-    default=0.05,
-    show_default=True,
-    help="Fraction of samples relabelled.",
-)
-@click.option(
-    "--outlier",
-    type=Finite(0.0, 1.0),
-    default=0.05,
-    show_default=True,
-    help="Fraction of identities held out and filed under others.",
-)
-@click.option(
-    "--split",
-    type=Finite(0.0, 1.0),
-    default=0.05,
-    show_default=True,
-    help="Fraction of identities split over two labels.",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@_overwrite
-def inject_noise_cmd(embeddings, output, flip, outlier, split, seed, overwrite):
-    """Corrupt a clean embedding store with known noise (in memory)."""
-    from faceclean.cleaning.noise import inject_noise
-    from faceclean.data.store import open_store
-
-    truth = sibling(output, ".truth.parquet")
-    with writing(output, overwrite=overwrite, inputs=[embeddings], companions=[truth]):
-        try:
-            ns = inject_noise(open_store(embeddings).read(), flip, outlier, split, seed)
-        except FacecleanError as e:  # the API works on a table: name the file here
-            if e.path is not None:
-                raise
-            raise FacecleanError(e.message, embeddings) from None
-        _write_pairs([(ns.table, output), (ns.truth, truth)])
-    counts = ns.truth["noise"].value_counts().to_pylist()
-    _summary_table(
-        "faceclean inject-noise",
-        {"output": str(output), "truth": str(truth), **{c["values"]: c["counts"] for c in counts}},
-    )
-
-
-@main.command("evaluate-cleaning")
-@click.argument("clean_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--truth",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Truth table written by inject-noise.",
-)
-@click.option(
-    "--sweep",
-    is_flag=True,
-    help="Also sweep tau_intra and tau_inter; writes sweep.csv and sweep.png.",
-)
-@_overwrite
-def evaluate_cleaning_cmd(clean_dir, truth, sweep, overwrite):
-    """Precision/recall of a `faceclean clean` output against injected noise."""
-    from faceclean.cleaning.evaluate import evaluate_clean_dir
-
-    result = evaluate_clean_dir(clean_dir, truth, do_sweep=sweep, overwrite=overwrite)
-    _summary_table(
-        "faceclean evaluate-cleaning",
-        {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()},
-    )
 
 
 @main.command("overlap")
