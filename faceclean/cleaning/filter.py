@@ -366,11 +366,13 @@ def _filter(path, asked, has_norm, output, loo_below, batch_rows, device, backen
             d = scores["discriminability"]
             if (~np.isnan(d)).any():
                 top[0] = float(np.fmax(top[0], np.nanmax(d)))
-            keep = ~(d < tau_intra)  # NaN (singletons) is kept
+            # Compared in float64: a threshold past float32's range (1e308) would otherwise
+            # be cast down with NumPy's overflow warning printed to the user.
+            keep = ~(np.float64(d) < tau_intra)  # NaN (singletons) is kept
             if thresholds.min_cos_pos is not None:
-                keep &= ~(scores["cos_pos"] < thresholds.min_cos_pos)
+                keep &= ~(np.float64(scores["cos_pos"]) < thresholds.min_cos_pos)
             if thresholds.min_norm is not None:
-                keep &= ~(batch["norm"] < thresholds.min_norm)
+                keep &= ~(np.float64(batch["norm"]) < thresholds.min_norm)
             drop = ~keep
             if drop.any():
                 y = batch["label"][drop]
