@@ -110,3 +110,26 @@ def test_a_model_declaring_nonsense_is_one_line(faces, tmp_path, shape, meta, me
     assert res.exit_code == 2, res.output
     assert "m.onnx: " in res.output and message in res.output.replace("\n", " ")
     assert res.output.strip().count("\n") == 0 and not (tmp_path / "e.parquet").exists()
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_full_disk_names_the_output_not_a_temporary(tmp_path, monkeypatch, named):
+    """A full disk met through an open file was reported without any path, and one met on a
+    temporary named the internal `.NAME.tmp-PID`."""
+    import errno
+
+    import faceclean.cleaning.filter as filter_module
+    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
+
+    x, y = clustered_embeddings(4, 5, dim=16, seed=0)
+    store = write_embedding_store(tmp_path / "e.parquet", x, y)
+    out = tmp_path / "s.parquet"
+    where = str(tmp_path / ".s.parquet.tmp-4242") if named else None
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", where)
+
+    monkeypatch.setattr(filter_module, "filter_store", full)
+    res = CliRunner().invoke(main, ["filter", str(store), "-o", str(out)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == f"error: {out}: No space left on device"

@@ -11,6 +11,7 @@ option error or reaches the verb's own one-line refusal of the input.
 from __future__ import annotations
 
 import math
+import warnings
 
 import click
 import numpy as np
@@ -25,7 +26,21 @@ from faceclean.cli import main
 from faceclean.data.store import embedding_schema, embedding_table
 from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
 
-EDGE = ["nan", "inf", "-inf", "-1", "0", "1", "2", "0.5", "1e308", "-1e308", "1e-320"]
+EDGE = [
+    "nan",
+    "inf",
+    "-inf",
+    "-1",
+    "0",
+    "1",
+    "2",
+    "0.5",
+    "1e308",
+    "-1e308",
+    "1e-320",
+    "auto",
+    "off",
+]
 HUGE = [str(2**31), str(2**63), str(10**30), "-" + str(10**30)]
 SETTINGS = settings(
     max_examples=25,
@@ -63,6 +78,14 @@ def options_for(verb: str) -> st.SearchStrategy[list[str]]:
     )
 
 
+def invoke(args: list[str]):
+    """Run the CLI with NumPy's RuntimeWarnings as errors: a raw "overflow encountered" line
+    printed to the user is a defect too (it then shows as exit 1 and fails the test)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        return CliRunner().invoke(main, args)
+
+
 def check_outcome(result, verb: str) -> bool:
     """True when the verb succeeded; asserts the only other outcome is one clean line."""
     text = result.output
@@ -87,20 +110,25 @@ def _tau(args: list[str], name: str, default: float) -> float:
 @given(args=options_for("filter"))
 def test_filter_options(store, tmp_path_factory, args):
     out = tmp_path_factory.mktemp("f") / "s.parquet"
-    r = CliRunner().invoke(main, ["filter", str(store), "-o", str(out), *args])
+    r = invoke(["filter", str(store), "-o", str(out), *args])
     if check_outcome(r, "filter"):
         t = pq.read_table(out)
         assert t.num_rows == 48
         d, keep = t["discriminability"].to_numpy(), t["keep"].to_numpy()
+        if "--tau-intra" in args and args[args.index("--tau-intra") + 1] == "auto":
+            return  # the threshold chosen is checked in tests/test_thresholds.py
         tau = _tau(args, "--tau-intra", 0.3)
-        assert math.isfinite(tau) and (keep == (d >= tau)).all()
+        assert math.isfinite(tau)
+        assert not (keep & (d < tau)).any()  # nothing below tau is kept
+        if not {"--min-cos-pos", "--min-norm"} & set(args):
+            assert (keep == ~(d < tau)).all()  # without floors, exactly D >= tau (NaN kept)
 
 
 @SETTINGS
 @given(args=options_for("merge"))
 def test_merge_options(store, tmp_path_factory, args):
     out = tmp_path_factory.mktemp("m") / "m.parquet"
-    r = CliRunner().invoke(main, ["merge", str(store), "-o", str(out), *args])
+    r = invoke(["merge", str(store), "-o", str(out), *args])
     if check_outcome(r, "merge"):
         t = pq.read_table(out)
         assert sorted(t["label"].to_pylist()) == sorted(set(t["label"].to_pylist()))
@@ -111,7 +139,7 @@ def test_merge_options(store, tmp_path_factory, args):
 @given(args=options_for("clean"))
 def test_clean_options(store, tmp_path_factory, args):
     out = tmp_path_factory.mktemp("c") / "c"
-    r = CliRunner().invoke(main, ["clean", str(store), "-o", str(out), *args])
+    r = invoke(["clean", str(store), "-o", str(out), *args])
     if check_outcome(r, "clean"):
         t = pq.read_table(out / "clean.parquet")
         labels = np.unique(t["label"].to_numpy())
@@ -123,7 +151,7 @@ def test_clean_options(store, tmp_path_factory, args):
 @given(args=options_for("inject-noise"))
 def test_inject_noise_options(store, tmp_path_factory, args):
     out = tmp_path_factory.mktemp("n") / "noisy.parquet"
-    r = CliRunner().invoke(main, ["inject-noise", str(store), "-o", str(out), *args])
+    r = invoke(["inject-noise", str(store), "-o", str(out), *args])
     if check_outcome(r, "inject-noise"):
         t = pq.read_table(out)
         e = np.stack(t["embedding"].to_numpy(zero_copy_only=False))
@@ -134,7 +162,7 @@ def test_inject_noise_options(store, tmp_path_factory, args):
 @given(args=options_for("overlap"))
 def test_overlap_options(store, tmp_path_factory, args):
     out = tmp_path_factory.mktemp("o") / "ov"
-    r = CliRunner().invoke(main, ["overlap", str(store), str(store), "-o", str(out), *args])
+    r = invoke(["overlap", str(store), str(store), "-o", str(out), *args])
     if check_outcome(r, "overlap"):
         assert (out / "exclude.parquet").is_file()
 
@@ -158,7 +186,7 @@ def test_long_verbs_parse_every_number_to_an_answer(verb, tmp_path):
     @SETTINGS
     @given(args=options_for(verb))
     def check(args):
-        r = CliRunner().invoke(main, [verb, *base, *args])
+        r = invoke([verb, *base, *args])
         assert not check_outcome(r, verb), f"{verb} ran with a missing input: {r.output}"
 
     check()
@@ -211,7 +239,7 @@ def test_filter_and_clean_on_any_store(tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("s")
     path = folder / "emb.parquet"
     pq.write_table(_store_rows(rows, dim), path)
-    r = CliRunner().invoke(main, ["filter", str(path), "-o", str(folder / "s.parquet")])
+    r = invoke(["filter", str(path), "-o", str(folder / "s.parquet")])
     if check_outcome(r, "filter"):
         t = pq.read_table(folder / "s.parquet")
         assert t.num_rows == len(rows)
@@ -220,7 +248,7 @@ def test_filter_and_clean_on_any_store(tmp_path_factory, data):
         singleton = counts[inverse] == 1  # stated: NaN scores, kept
         assert (np.isnan(t["cos_pos"].to_numpy()) == singleton).all()
         assert t["keep"].to_numpy()[singleton].all()
-    r = CliRunner().invoke(main, ["clean", str(path), "-o", str(folder / "c")])
+    r = invoke(["clean", str(path), "-o", str(folder / "c")])
     if check_outcome(r, "clean"):
         t = pq.read_table(folder / "c" / "clean.parquet")
         assert t.num_rows <= len(rows)

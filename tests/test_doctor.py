@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from faceclean.cleaning.device_check import check_filter
 from faceclean.cli import doctor as doc
 from faceclean.cli import main
+from faceclean.data.device_check import agreement, check_extract
+from faceclean.training.device_check import check_train
 
 
 def test_doctor_on_cpu_says_what_it_could_not_check(monkeypatch):
@@ -22,13 +25,13 @@ def test_doctor_on_cpu_says_what_it_could_not_check(monkeypatch):
 
 @pytest.mark.parametrize("name", ["extract", "filter", "train"])
 def test_each_check_agrees_with_itself_on_cpu(tmp_path, name):
-    check = {"extract": doc._check_extract, "filter": doc._check_filter, "train": doc._check_train}
+    check = {"extract": check_extract, "filter": check_filter, "train": check_train}
     assert check[name](tmp_path, gpu="cpu").startswith("same: ")
 
 
 def test_a_disagreement_is_the_verdict_and_exit_1(monkeypatch):
     monkeypatch.setattr(doc, "_devices", lambda: ({}, {"torch": 1, "ort": False, "faiss": 0}))
-    monkeypatch.setattr(doc, "_check_train", lambda tmp: doc._result(False, "loss 1 vs 2"))
+    monkeypatch.setattr(doc, "check_train", lambda tmp: agreement(False, "loss 1 vs 2"))
     res = CliRunner().invoke(main, ["doctor"])
     assert res.exit_code == 1
     assert res.output.strip().splitlines()[-1] == "verdict: GPU and CPU DIFFER on train step"

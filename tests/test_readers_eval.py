@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceclean.cli.evalmodel import evaluate_onnx
 from faceclean.data.embed import embed_bytes
 from faceclean.data.extraction import extract
 from faceclean.data.onnx_model import FaceModel
 from faceclean.errors import FacecleanError
+from faceclean.training.evaluate_model import evaluate_onnx
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

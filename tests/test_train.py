@@ -10,10 +10,10 @@ from faceclean.data.extraction import extract
 from faceclean.data.synthetic import make_face_folder
 from faceclean.errors import FacecleanError
 from faceclean.training.backbones import create_backbone
+from faceclean.training.dataset import FaceImages
 from faceclean.training.export import export_onnx
 from faceclean.training.run import TrainConfig, build, load_run, spec_for
 from faceclean.training.train import (
-    FaceImages,
     embed_images,
     evaluate_run,
     evaluate_run_bin,
@@ -356,7 +356,7 @@ def test_search_softmax_mode_trains_copies_and_keeps_the_best(sets, tmp_path):
 def test_a_clean_list_reads_its_images_from_the_recorded_dataset(faces, tiny_model, tmp_path):
     # `faceclean train cleaned/clean.parquet` after `faceclean clean` needs no --data.
     from faceclean.cleaning.clean import clean
-    from faceclean.training.train import read_clean_list
+    from faceclean.training.dataset import read_clean_list
 
     emb = tmp_path / "e.parquet"
     extract(faces, tiny_model, emb, progress=False)

@@ -327,8 +327,11 @@ def filter_store(
 def _filter(path, asked, has_norm, output, loo_below, batch_rows, device, backend, progress, group):
     sums, counts = class_sums(path, batch_rows)
     scored = group_sums(sums, counts, group)  # what D is against: labels, or their groups
-    run = (loo_below, batch_rows, device, backend, progress)
-    thresholds = choose_thresholds(path, asked, has_norm, *scored, *run)
+    columns = ("label", "embedding", "norm") if has_norm else ("label", "embedding")
+    batches = score_batches(
+        path, *scored[:2], loo_below, batch_rows, device, columns, backend, scored[2]
+    )
+    thresholds = choose_thresholds(asked, has_norm, batches, int(counts.sum()), progress)
     tau_intra = thresholds.tau_intra
     kept_sums = sums.copy()
     kept_counts = counts.copy()
@@ -366,11 +369,13 @@ def _filter(path, asked, has_norm, output, loo_below, batch_rows, device, backen
             d = scores["discriminability"]
             if (~np.isnan(d)).any():
                 top[0] = float(np.fmax(top[0], np.nanmax(d)))
-            keep = ~(d < tau_intra)  # NaN (singletons) is kept
+            # Compared in float64: a threshold past float32's range (1e308) would otherwise
+            # be cast down with NumPy's overflow warning printed to the user.
+            keep = ~(np.float64(d) < tau_intra)  # NaN (singletons) is kept
             if thresholds.min_cos_pos is not None:
-                keep &= ~(scores["cos_pos"] < thresholds.min_cos_pos)
+                keep &= ~(np.float64(scores["cos_pos"]) < thresholds.min_cos_pos)
             if thresholds.min_norm is not None:
-                keep &= ~(batch["norm"] < thresholds.min_norm)
+                keep &= ~(np.float64(batch["norm"]) < thresholds.min_norm)
             drop = ~keep
             if drop.any():
                 y = batch["label"][drop]

@@ -29,7 +29,6 @@ import pyarrow as pa
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
 from faceclean.cleaning.filter import normalise_rows
-from faceclean.cleaning.merge_auto import link_ratio, mean_within
 
 WARN_MERGED_SHARE = 0.5  # of the present classes, inside merged groups
 
@@ -53,6 +52,20 @@ class MergeResult:
     @property
     def classes_in_groups(self) -> int:
         return int(sum(len(g) for g in self.groups))
+
+
+def mean_within(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean cosine between two distinct unit samples of each class (NaN below 2)."""
+    sq = np.einsum("kd,kd->k", sums, sums)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts >= 2, (sq - counts) / (counts * (counts - 1.0)), np.nan)
+
+
+def link_ratio(sa, sb, na, nb, mu_a, mu_b) -> np.ndarray:
+    """rho = (S_a . S_b / (n_a n_b)) / sqrt(mu_a mu_b), rows of sums and their stats."""
+    nu = np.einsum("kd,kd->k", sa, sb) / (na * nb)
+    with np.errstate(invalid="ignore"):
+        return nu / np.sqrt(np.maximum(mu_a * mu_b, 1e-12))
 
 
 def _components(nodes: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:

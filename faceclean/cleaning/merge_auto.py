@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from faceclean.cleaning.filter import add_rows, normalise_rows
+from faceclean.cleaning.merge import link_ratio, mean_within
 from faceclean.data.store import as_paths, iter_embeddings
 
 FENCE_IQR = 3.0
@@ -67,20 +68,6 @@ def half_sums(
     if sums is None:
         sums = np.zeros((2, k, 0))
     return sums, counts
-
-
-def mean_within(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Mean cosine between two distinct unit samples of each class (NaN below 2)."""
-    sq = np.einsum("kd,kd->k", sums, sums)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts >= 2, (sq - counts) / (counts * (counts - 1.0)), np.nan)
-
-
-def link_ratio(sa, sb, na, nb, mu_a, mu_b) -> np.ndarray:
-    """rho = (S_a . S_b / (n_a n_b)) / sqrt(mu_a mu_b), rows of sums and their stats."""
-    nu = np.einsum("kd,kd->k", sa, sb) / (na * nb)
-    with np.errstate(invalid="ignore"):
-        return nu / np.sqrt(np.maximum(mu_a * mu_b, 1e-12))
 
 
 def _fence(values: np.ndarray) -> float:

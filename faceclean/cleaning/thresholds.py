@@ -217,21 +217,16 @@ def choose(
     return t
 
 
-def choose_thresholds(
-    path, asked, has_norm, sums, counts, group, loo_below, batch_rows, device, backend, progress
-):
-    """The filter's thresholds: each ``"auto"`` resolved with one scoring pass of the
-    store(s) into histograms (see :func:`faceclean.cleaning.filter.score_batches`)."""
-    from faceclean.cleaning.filter import score_batches  # filter imports this module
-
+def choose_thresholds(asked, has_norm, batches, total: int, progress: bool):
+    """The filter's thresholds: each ``"auto"`` resolved from one scoring pass into
+    histograms. ``batches`` is the filter's lazy ``(batch, scores)`` stream
+    (:func:`faceclean.cleaning.filter.score_batches`, passed in so that this module need not
+    import the filter), read only when something is ``"auto"``; ``total`` its row count."""
     if "auto" not in asked:
         return choose(None, *asked, has_norm)
     hist = ScoreHistograms()
-    bar = RowProgress(progress, "filter: choosing thresholds", int(counts.sum()))
-    columns = ("label", "embedding", "norm") if has_norm else ("label", "embedding")
-    for batch, scores in score_batches(
-        path, sums, counts, loo_below, batch_rows, device, columns, backend, group
-    ):
+    bar = RowProgress(progress, "filter: choosing thresholds", total)
+    for batch, scores in batches:
         bar.advance(len(batch["label"]))
         hist.add(scores["discriminability"], scores["cos_pos"], batch.get("norm"))
     bar.close()

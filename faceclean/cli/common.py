@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -111,6 +112,13 @@ class OneLineUsage(click.Command):
         except click.UsageError as e:  # checks between options, made in the verb's body
             e.ctx = None
             raise
+        except OSError as e:
+            # A full disk met while writing through an open file carries no file name: the
+            # verb's output is the file it was writing.
+            output = ctx.params.get("output")
+            if e.errno in _OUTPUT_ERRNOS and not e.filename and output is not None:
+                raise OSError(e.errno, e.strerror, str(output)) from None
+            raise
 
 
 # Output-path failures the checks before work cannot foresee (disk full, a quota, a folder
@@ -118,7 +126,18 @@ class OneLineUsage(click.Command):
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+# ``.<name>.tmp-<pid>`` / ``.<name>.old-<pid>`` (outputs.tmp_sibling): where an output is
+# built, an internal name; a user knows the output by ``<name>``.
+_TEMPORARY = re.compile(r"\.([^/\\]+?)\.(?:tmp|old)-\d+(?=[/\\:]|$|\s)")
+
+
+def public_paths(message: str) -> str:
+    """``message`` with every temporary path component replaced by the output it becomes."""
+    return _TEMPORARY.sub(r"\1", message)
+
+
 def _error(message: str) -> None:
+    message = public_paths(message)
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(2)
 

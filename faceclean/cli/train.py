@@ -296,7 +296,7 @@ def train_cmd(
 def eval_cmd(run_dir, val, bins, fars, unfinished, **onnx_opts):
     """TAR@FAR, the paper's ACC, and .bin accuracies of a trained run, or of any ONNX
     face model (MODEL.onnx, run with extract's preprocessing rules and options)."""
-    from faceclean.cli.evalmodel import bin_accuracy_text, evaluate_onnx
+    from faceclean.training.evaluate_model import bin_accuracy_text, evaluate_onnx
 
     if not (val or bins):
         raise click.UsageError("give --val and/or --bin")

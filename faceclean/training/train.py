@@ -19,21 +19,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from faceclean.data.datasets import open_dataset, read_image_bytes
-from faceclean.data.preprocess import Preprocessing, load_pixels, normalise
+from faceclean.data.preprocess import load_pixels, normalise
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.progress import RowProgress
 from faceclean.training.backbones import count_macs
 from faceclean.training.checkpoint import load_checkpoint, save_checkpoint
+from faceclean.training.dataset import FaceImages, read_clean_list
 from faceclean.training.losses import create_head
 from faceclean.training.run import (
-    SkippedImages,
     TrainConfig,
     build_backbone,
     load_run,
@@ -44,78 +43,52 @@ from faceclean.training.run import (
 from faceclean.training.teacher import TeacherFilter
 
 
-def _recorded_root(clean_list: Path) -> Path | None:
-    """The image root `faceclean clean` recorded beside its list (the dataset the
-    embeddings were extracted from), so that ``train`` needs no ``--data`` after ``clean``."""
-    summary = clean_list.parent / "summary.json"
-    try:
-        root = json.loads(summary.read_text()).get("dataset")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return Path(root) if root and Path(root).is_dir() else None
+class SkippedImages:
+    """Training images that cannot be read: each is skipped (the data loader hands it on
+    with label ``-1 - index``), counted once, listed with its reason in the run folder's
+    ``skipped_images.tsv``, and more than ``max_share`` of the list is an error naming one.
+    """
 
+    def __init__(self, run_dir: Path, clean_list, paths, root, spec, max_share: float):
+        if not 0.0 <= max_share <= 1.0:
+            raise FacecleanError(f"--max-failures is a share in [0, 1], not {max_share}")
+        self.run_dir, self.clean_list, self.paths = Path(run_dir), clean_list, paths
+        self.root, self.spec, self.max_share = Path(root), spec, max_share
+        self.found: dict[int, str] = {}
 
-def read_clean_list(path: str | Path, data_root: str | Path | None = None):
-    """(paths, labels int64, image root) from a clean list: Parquet with ``path``/``label``,
-    ``path label`` lines, a .rec, or an image folder."""
-    path = Path(path)
-    if not path.exists():
-        raise FacecleanError("clean list not found", path)
-    if path.suffix == ".parquet":
-        table = pq.read_table(path, columns=["path", "label"])
-        paths, labels = table["path"].to_pylist(), table["label"].to_numpy().astype(np.int64)
-        root = Path(data_root) if data_root else _recorded_root(path) or path.parent
-    elif path.suffix in (".lst", ".txt"):
-        # Keep the labels as written: a clean list's labels are already the training ids.
-        paths, labels = [], []
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                p, _, lab = line.strip().rpartition("\t" if "\t" in line else " ")
-                try:
-                    labels.append(int(lab))
-                except ValueError:
-                    raise FacecleanError(
-                        f"line {lineno}: label {lab!r} is not an integer", path
-                    ) from None
-                paths.append(p)
-        labels = np.asarray(labels, np.int64)
-        root = Path(data_root) if data_root else _recorded_root(path) or path.parent
-    else:
-        ds = open_dataset(path, data_root)
-        paths, labels, root = ds.paths.to_pylist(), ds.labels, ds.root
-    if len(paths) == 0:
-        raise FacecleanError("the clean list is empty", path)
-    if labels.min() < 0:
-        raise FacecleanError(f"label {labels.min()} is negative", path)
-    return paths, labels, root
+    def _reason(self, i: int) -> str:
+        from faceclean.data.preprocess import load_pixels
 
-
-class FaceImages(Dataset):
-    """(image tensor [3, S, S], label) pairs; training flips are seeded per sample."""
-
-    def __init__(self, paths, labels, root, spec: Preprocessing, train: bool, seed: int = 0):
-        self.paths, self.labels, self.root, self.spec = paths, labels, Path(root), spec
-        self.train, self.seed, self.epoch = train, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            pixels, _ = load_pixels(read_image_bytes(self.root, self.paths[i]), self.spec)
+        try:  # read again here: the worker that failed cannot send its exception along
+            load_pixels(read_image_bytes(self.root, self.paths[i]), self.spec)
         except Exception as e:
-            if self.train:  # skipped and counted by the loop (SkippedImages), not a crash
-                blank = torch.zeros(3, self.spec.height, self.spec.width)
-                return blank, -1 - i
+            return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return "unreadable in a data-loading worker"
+
+    def add(self, indices) -> None:
+        """Count these (dataset indices); raise once past the limit."""
+        for i in indices:
+            if i not in self.found:
+                self.found[i] = self._reason(i)
+        if len(self.found) > self.max_share * len(self.paths):
+            i = min(self.found)
             raise FacecleanError(
-                f"cannot read training image: {e}", self.root / self.paths[i]
-            ) from None
-        if self.train and np.random.default_rng((self.seed, self.epoch, i)).random() < 0.5:
-            pixels = pixels[:, ::-1]
-        x = normalise(np.ascontiguousarray(pixels)[None], self.spec)[0]
-        return torch.from_numpy(x), int(self.labels[i])
+                f"{len(self.found)} of {len(self.paths)} training images could not be read, "
+                f"more than --max-failures {self.max_share:g}; e.g. {self.paths[i]}: "
+                f"{self.found[i]}",
+                self.clean_list,
+            )
+
+    def write(self) -> None:
+        """``skipped_images.tsv`` (path, reason), written atomically when any was found."""
+        if self.found:
+            with atomic_path(self.run_dir / "skipped_images.tsv") as tmp:
+                tmp.write_text(
+                    "".join(
+                        f"{self.paths[i]!s}\t{self.found[i]}\n".replace("\r", " ")
+                        for i in sorted(self.found)
+                    )
+                )
 
 
 def pick_device(device: str) -> torch.device:
