@@ -4,6 +4,7 @@ NaN thresholds, no stale temporaries, a full disk while packing a .rec said plai
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def _align(listing: Path, out: Path, *extra: str):
 @needs_raw
 def test_photos_of_one_name_get_one_crop_each(same_named, tmp_path):
     out = tmp_path / "out"
-    res = _align(same_named, out, "--no-refine")
+    res = _align(same_named, out, "--no-refine", "--json", str(tmp_path / "align.json"))
     assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "align.json").read_text())["summary"]
+    assert summary["faces_written"] == 3 and summary["images"] == 3
     listed = [line.split()[0] for line in (out / "list.txt").read_text().splitlines()]
     assert len(set(listed)) == 3 and all((out / p).is_file() for p in listed)
     # A killed run's zero-byte temporary (a dead PID) is removed when the job resumes.

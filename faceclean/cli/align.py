@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from faceclean.cli.common import Finite, console, main
+from faceclean.cli.common import Finite, console, main, record_summary
 from faceclean.data.preprocess import PRESETS
 
 
@@ -163,6 +163,26 @@ def align_cmd(
         workers=workers,
         device=device,
         progress=not quiet,
+    )
+    record_summary(
+        "faceclean align",
+        {
+            "output": str(r.output),
+            "list": str(r.list_path) if r.list_path else None,
+            "images": r.num_images,
+            "resumed": r.num_resumed,
+            "faces_written": r.num_faces,
+            "failed": r.num_failed,
+            "failures": str(r.failures_path) if r.failures_path else None,
+            "not_plausible": r.num_rejected,
+            "turned": r.num_rotated,
+            "record": str(r.records_path),
+            "detector": r.detector,
+            "providers": list(r.providers),
+            "seconds": r.seconds,
+            "images_per_second": r.images_per_second,
+            "warnings": list(r.warnings),
+        },
     )
     if quiet:
         return
