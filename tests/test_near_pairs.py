@@ -73,11 +73,10 @@ def shards(tmp_path_factory):
 @pytest.mark.parametrize("tau", TAUS)
 def test_near_pairs_equal_brute_force(shards, tau):
     paths, x, y = shards
-    a, b, cos, labels = near_pairs(paths, tau, batch_rows=64)
+    a, b, cos = near_pairs(paths, tau, batch_rows=64)
     want = brute_force(x, tau)
     assert set(zip(a.tolist(), b.tolist(), strict=True)) == want
     assert len(a) == len(want) and (a < b).all()  # each pair once
-    assert labels.tolist() == y.tolist()
     np.testing.assert_allclose(cos, np.einsum("nd,nd->n", x[a], x[b]), atol=1e-5)
     # The planted pairs 2e-4 above tau are in, those 2e-4 below are out (no float slip).
     assert len(want) >= 30
@@ -90,7 +89,7 @@ def test_near_pairs_exact_when_every_row_is_wide(shards, monkeypatch):
     monkeypatch.setattr(np_mod, "LIST_CAP", 1)
     monkeypatch.setattr(np_mod, "CHUNK_ROWS", 7)
     for tau in (0.9, 0.5):
-        a, b, _, _ = near_pairs(paths, tau, batch_rows=50)
+        a, b, _ = near_pairs(paths, tau, batch_rows=50)
         assert set(zip(a.tolist(), b.tolist(), strict=True)) == brute_force(x, tau)
 
 
@@ -154,3 +153,32 @@ def test_overlap_image_pairs_stream_and_equal_brute_force(tmp_path):
     assert got == want and len(want) >= 8
     cos = r.image_pairs["cosine"].to_numpy()
     assert (np.diff(cos) <= 0).all()  # best first
+
+
+def test_clean_dedup_shares_the_filters_product(tmp_path, monkeypatch):
+    """`clean --dedup` (no --dedup-keep) finds its pairs in the filter's own similarity
+    blocks: the same groups as the standalone search and as brute force, wide rows included,
+    and the filter's scores are those of a clean without --dedup."""
+    import pyarrow.parquet as pq
+
+    from faceclean.cleaning.clean import clean
+
+    monkeypatch.setattr(np_mod, "LIST_CAP", 2)
+    x, y = face_like(seed=4)
+    store = write_embedding_store(tmp_path / "s.parquet", x, y, row_group=100)
+    with_dedup = clean(store, tmp_path / "d", dedup=0.9, batch_rows=64)
+    plain = clean(store, tmp_path / "p", batch_rows=64)
+    table = pq.read_table(with_dedup.outputs["clean"].parent / "dedup.parquet")
+    alone = find_duplicates(store, 0.9)
+    assert table.equals(alone.table)
+    rows = {int(p.split("/")[1].split(".")[0]) for p in table["path"].to_pylist()}
+    assert rows == {i for pair in brute_force(x, 0.9) for i in pair}
+    assert not list((tmp_path / "d").glob(".dedup-*"))  # the spill is gone
+    a = pq.read_table(with_dedup.outputs["scores"])
+    b = pq.read_table(plain.outputs["scores"])
+    assert a.equals(b)
+    assert with_dedup.summary["duplicate_groups"] == alone.summary["duplicate_groups"]
+    # On the FAISS backend the filter has no block to share: one more BLAS product.
+    faiss_run = clean(store, tmp_path / "f", dedup=0.9, batch_rows=64, backend="faiss")
+    assert pq.read_table(tmp_path / "f" / "dedup.parquet").equals(alone.table)
+    assert faiss_run.summary["kept"] == plain.summary["kept"]

@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from faceclean.cleaning.dedup import restrict_inputs
+from faceclean.cleaning.dedup import dedup_from_filter, restrict_inputs
 from faceclean.cleaning.filter import FilterResult, filter_store
 from faceclean.cleaning.merge import MergeResult, merge_classes
+from faceclean.cleaning.near_pairs import PairSearch
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import ImageError
 from faceclean.data.recimages import rec_image, write_property
@@ -198,9 +199,12 @@ def clean(
     inputs = [*embeddings, data_root]
     with writing(out, overwrite=overwrite, inputs=inputs, folder=True, wait=wait) as tmp:
         given = embeddings
+        # --dedup alone lists duplicates from the filter's own product (one pass for both);
         # --exclude / --dedup-keep: clean a copy without the dropped rows (deleted below).
+        alone = dedup is not None and not (dedup_keep or exclude)
+        shared = PairSearch(dedup, tmp) if alone else None
         embeddings, restricted = restrict_inputs(
-            given, tmp, exclude, dedup, dedup_keep, device, backend
+            given, tmp, exclude, None if shared else dedup, dedup_keep, device, backend
         )
         clean_name = {"parquet": "clean.parquet", "lst": "clean.lst", "rec": "train.rec"}[fmt]
         paths = {
@@ -218,7 +222,10 @@ def clean(
             batch_rows=batch_rows,
             device=device,
             backend=backend,
+            on_block=shared.add_block if shared else None,
         )
+        if shared:
+            restricted |= dedup_from_filter(given, shared, fr.class_sums, fr.counts, tmp)
         fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
         mr = merge_classes(fr.kept_sums, fr.kept_counts, tau_inter, max_group_size, device)
         for key in ("merges", "pairs"):

@@ -25,9 +25,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from faceclean.cleaning.near_pairs import near_pairs
+from faceclean.cleaning.near_pairs import PairSearch, near_pairs, unit_centroids_t
 from faceclean.cleaning.overlap import identities, paths_of, read_exclude
-from faceclean.data.store import atomic_path, iter_embeddings, iter_row_groups, open_stores
+from faceclean.data.store import (
+    as_paths,
+    atomic_path,
+    iter_embeddings,
+    iter_row_groups,
+    open_stores,
+)
 from faceclean.errors import FacecleanError
 
 
@@ -79,9 +85,20 @@ def find_duplicates(
     if not -1.0 <= tau <= 1.0:
         raise FacecleanError(f"--dedup must be a cosine in [-1, 1], not {tau}")
     del device, backend
-    r, c, s, labels = near_pairs(
+    r, c, s = near_pairs(
         embeddings, tau, sums=sums, counts=counts, spill_dir=spill_dir, progress=progress
     )
+    return group_duplicates(embeddings, r, c, s, tau, keep_one)
+
+
+def group_duplicates(
+    embeddings, r: np.ndarray, c: np.ndarray, s: np.ndarray, tau: float, keep_one: bool
+) -> DedupResult:
+    """The :class:`DedupResult` of the duplicate pairs (rows r < c, cosines s) of the
+    stores: groups, ``keep`` and the summary (reads the labels and the grouped rows' paths)."""
+    labels = np.concatenate(
+        [b["label"] for p in as_paths(embeddings) for b in iter_embeddings(p, ("label",))]
+    ).astype(np.int64)
     n = len(labels)
     comp = components(n, r, c)
     sizes = np.bincount(comp, minlength=n)
@@ -159,6 +176,23 @@ def write_subset(
                 writer.write_table(t.cast(schema))
                 rows += t.num_rows
     return rows, by_label
+
+
+def dedup_from_filter(
+    embeddings, search: PairSearch, sums: np.ndarray, counts: np.ndarray, out: Path
+) -> dict:
+    """`clean --dedup` without ``--dedup-keep``: finish a :class:`PairSearch` the filter
+    fed with its own similarity blocks (``filter_store(on_block=search.add_block)``; its
+    class ``sums`` and ``counts``), write ``out/dedup.parquet``, return the summary. The
+    whole search then costs the filter's product plus the within-cell comparisons."""
+    try:
+        r, c, s = search.pairs(unit_centroids_t(sums, counts))
+    finally:
+        search.close()
+    dr = group_duplicates(embeddings, r, c, s, search.tau, False)
+    with atomic_path(out / "dedup.parquet") as tmp:
+        pq.write_table(dr.table, tmp)
+    return dr.summary
 
 
 def restrict_inputs(

@@ -117,10 +117,17 @@ class InnerProductIndex:
         return sims, pos
 
     def hardest_excluding(
-        self, queries: np.ndarray, exclude: np.ndarray
+        self, queries: np.ndarray, exclude: np.ndarray, on_block=None
     ) -> tuple[np.ndarray, np.ndarray]:
         """For each query, the best match other than position ``exclude[i]``:
-        (similarity [n], position [n]). Positions < 0 exclude nothing."""
+        (similarity [n], position [n]). Positions < 0 exclude nothing.
+
+        ``on_block(rows, sims)``, when given, sees every block of queries with its full
+        similarity block (nothing excluded) before it is reused: `clean --dedup` finds its
+        near-duplicate candidates in the filter's own product. The FAISS backend has no
+        such block: there it costs one more blocked BLAS product."""
+        if on_block is not None and self.vectors_t is None:
+            self.above_blocks(queries, on_block)
         if self.vectors_t is None:
             sims, pos = self.search(queries, 2)
             first_is_own = pos[:, 0] == exclude
@@ -134,12 +141,22 @@ class InnerProductIndex:
         buf = np.empty((_block_rows(len(queries), self.size), self.size), np.float32)
         for s, e in _blocks(len(queries), len(buf)):
             block = np.matmul(queries[s:e], self.vectors_t, out=buf[: e - s])
+            if on_block is not None:
+                on_block(queries[s:e], block)
             rows = np.flatnonzero(exclude[s:e] >= 0)
             block[rows, exclude[s:e][rows]] = -np.inf
             best = block.argmax(1)
             pos[s:e] = best
             sims[s:e] = block[np.arange(e - s), best]
         return sims, pos
+
+    def above_blocks(self, queries: np.ndarray, on_block) -> None:
+        """``on_block(rows, sims)`` for consecutive blocks of queries, by blocked BLAS."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        vectors_t = self.vectors_t if self.vectors_t is not None else self.vectors.T
+        buf = np.empty((_block_rows(len(queries), self.size), self.size), np.float32)
+        for s, e in _blocks(len(queries), len(buf)):
+            on_block(queries[s:e], np.matmul(queries[s:e], vectors_t, out=buf[: e - s]))
 
     def above(self, queries: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (query row, position, similarity) with similarity > tau, by an exhaustive

@@ -215,8 +215,10 @@ def score_batches(
     device: str = "auto",
     columns: tuple[str, ...] = ("path", "label", "identity", "embedding"),
     backend: str = "auto",
+    on_block=None,
 ) -> Iterator[tuple[dict, dict]]:
-    """Yield (input batch, score columns) for every batch of the store(s); see module doc."""
+    """Yield (input batch, score columns) for every batch of the store(s); see module doc.
+    ``on_block``: see :meth:`InnerProductIndex.hardest_excluding` (`clean --dedup`)."""
     path = as_paths(path)
     present = np.flatnonzero(counts > 0)
     if len(present) < 2:
@@ -233,7 +235,7 @@ def score_batches(
     cols = tuple(dict.fromkeys((*columns, "label", "embedding")))
     for batch in _checked_batches(path, cols, batch_rows):
         x, y = batch["embedding"], batch["label"]
-        sims, pos = index.hardest_excluding(x, position[y])
+        sims, pos = index.hardest_excluding(x, position[y], on_block)
         neg = present[pos]
         cos_neg = sims.astype(np.float64)
         dot = np.einsum("nd,nd->n", x, sums32[y]).astype(np.float64)
@@ -270,6 +272,7 @@ def filter_store(
     backend: str = "auto",
     overwrite: bool = False,
     progress: bool = False,
+    on_block=None,
 ) -> FilterResult:
     """Score every sample of an embedding store and keep those with D >= ``tau_intra``.
 
@@ -286,6 +289,8 @@ def filter_store(
         device: "auto" (GPU when FAISS sees one), "cpu" or "cuda".
         backend: "auto" (FAISS on GPU, blocked BLAS on CPU), "faiss" or "blas"; all exact.
         progress: show a progress bar (rows scored) on stderr.
+        on_block: called with each block of rows and its similarities to every centroid
+            (`clean --dedup` shares the filter's product; see :mod:`.near_pairs`).
 
     Returns:
         A :class:`FilterResult`. Two streaming passes over the store; memory holds the
@@ -296,10 +301,14 @@ def filter_store(
     with contextlib.ExitStack() as stack:
         if output is not None:  # checked and locked before any work
             stack.enter_context(writing(output, overwrite=overwrite, inputs=path))
-        return _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, progress)
+        return _filter(
+            path, tau_intra, output, loo_below, batch_rows, device, backend, progress, on_block
+        )
 
 
-def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, progress):
+def _filter(
+    path, tau_intra, output, loo_below, batch_rows, device, backend, progress, on_block=None
+):
     sums, counts = class_sums(path, batch_rows)
     kept_sums = sums.copy()
     kept_counts = counts.copy()
@@ -326,7 +335,9 @@ def _filter(path, tau_intra, output, loo_below, batch_rows, device, backend, pro
     def tables_out(writer):
         nonlocal device_used
         bar = RowProgress(progress, "filter", int(counts.sum()))
-        batches = score_batches(path, sums, counts, loo_below, batch_rows, device, columns, backend)
+        batches = score_batches(
+            path, sums, counts, loo_below, batch_rows, device, columns, backend, on_block
+        )
         for batch, scores in batches:
             bar.advance(len(batch["label"]))
             device_used = scores.pop("_device")

@@ -32,7 +32,6 @@ read back one group of cells at a time.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 from faceclean.cleaning.faiss_backend import _block_rows, _blocks
 from faceclean.cleaning.filter import _checked_batches, class_sums, normalise_rows
 from faceclean.data.store import as_paths
+from faceclean.errors import FacecleanError
 from faceclean.progress import RowProgress
 
 SLACK = 1e-4  # added to the bound's radius: far above float32 rounding (~1e-6) of the sims
@@ -54,58 +54,89 @@ def radius(tau: float) -> float:
     return float(np.sqrt(max(0.0, 2.0 - 2.0 * tau))) + SLACK
 
 
-class _Candidates:
-    """What the pass keeps: per row its cell, similarity and label; per candidate (row,
-    cell) the row's similarity to that cell's centroid; the wide rows."""
+class PairSearch:
+    """The search's state, fed the rows in order with their similarity blocks.
 
-    def __init__(self) -> None:
-        self.cell, self.sim, self.label = [], [], []
-        self.rows, self.cells, self.sims, self.wide = [], [], [], []
+    ``add_block(x, sims)`` takes unit float32 rows and their similarities to the unit
+    centroids of the present classes (``x @ C.T``: the filter's product, so `clean` can
+    share one pass with the filter); :meth:`pairs` then finds every pair. The rows are
+    spilled to a temporary file in ``spill_dir``; :meth:`close` deletes it.
+    """
 
-    def done(self):
-        cat = np.concatenate
-        return (
-            cat(self.cell).astype(np.int64),
-            cat(self.sim),
-            cat(self.label).astype(np.int64),
-            cat(self.rows) if self.rows else np.zeros(0, np.int64),
-            cat(self.cells) if self.cells else np.zeros(0, np.int64),
-            cat(self.sims) if self.sims else np.zeros(0, np.float32),
-            cat(self.wide) if self.wide else np.zeros(0, np.int64),
+    def __init__(self, tau: float, spill_dir: str | Path | None = None):
+        if not -1.0 <= tau <= 1.0:
+            raise FacecleanError(f"--dedup must be a cosine in [-1, 1], not {tau}")
+        self.tau, self.r, self.n, self.dim = tau, radius(tau), 0, None
+        self.spill = tempfile.NamedTemporaryFile(dir=spill_dir, prefix=".dedup-", suffix=".f32")
+        self.cell, self.sim, self.wide = [], [], []
+        self.rows, self.cells, self.sims = [], [], []
+
+    def add_block(self, x: np.ndarray, sims: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.dim = x.shape[1]
+        self.spill.write(x.tobytes())
+        g = sims.argmax(1)
+        h = sims[np.arange(len(x)), g]
+        listed = sims >= (h - self.r)[:, None]
+        wide = listed.sum(1) > LIST_CAP
+        if wide.any():
+            listed[wide] = False
+            self.wide.append(self.n + np.flatnonzero(wide))
+        rr, kk = np.nonzero(listed)
+        self.rows.append(self.n + rr)
+        self.cells.append(kk)
+        self.sims.append(sims[rr, kk])
+        self.cell.append(g)
+        self.sim.append(h)
+        self.n += len(x)
+
+    def close(self) -> None:
+        self.spill.close()
+
+    def pairs(
+        self, centroids_t: np.ndarray, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair (a < b, cosine > tau), sorted by (a, b). ``centroids_t``: the float32
+        [d, K] unit centroids the blocks were computed against (for the wide rows)."""
+        self.spill.flush()
+        n, dim, r, cat = self.n, self.dim, self.r, np.concatenate
+        if n < 2:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, np.zeros(0, np.float32)
+        g, h = cat(self.cell).astype(np.int64), cat(self.sim)
+        q_row, q_cell, q_sim = cat(self.rows), cat(self.cells).astype(np.int64), cat(self.sims)
+        # Members of every cell sorted by (cell, h, row); a float key (cell * 4 + h, h in
+        # [-1, 1]) makes each cell's window one searchsorted.
+        order = np.lexsort((np.arange(n), h, g))
+        keys = g[order] * 4.0 + h[order].astype(np.float64)
+        if self.wide:
+            cell_low = np.full(centroids_t.shape[1], np.inf, np.float32)
+            np.minimum.at(cell_low, g, h)
+            wide = cat(self.wide)
+            more = _wide_candidates(self.spill.name, n, dim, wide, h, cell_low, centroids_t, r)
+            q_row = cat([q_row, *more[0]])
+            q_cell = cat([q_cell, *more[1]])
+            q_sim = cat([q_sim, *more[2]])
+        lo = np.searchsorted(keys, q_cell * 4.0 + h[q_row].astype(np.float64), "left")
+        hi = np.searchsorted(keys, q_cell * 4.0 + q_sim.astype(np.float64) + r, "right")
+        alive = hi > lo
+        q_row, q_cell, lo, hi = q_row[alive], q_cell[alive], lo[alive], hi[alive]
+        by_cell = np.argsort(q_cell, kind="stable")
+        q_row, q_cell, lo, hi = q_row[by_cell], q_cell[by_cell], lo[by_cell], hi[by_cell]
+        a, b, cos = _compare(
+            self.spill.name, n, dim, self.tau, h, order, q_row, q_cell, lo, hi, progress
         )
+        swap = a > b
+        a, b = np.where(swap, b, a), np.where(swap, a, b)
+        sort = np.lexsort((b, a))
+        return a[sort], b[sort], cos[sort]
 
 
-def _scan(paths, centroids_t, r, batch_rows, spill, bar) -> _Candidates:
-    """The pass: anchors and candidate cells of every row; unit rows appended to ``spill``."""
-    out = _Candidates()
-    size = centroids_t.shape[1]
-    start = 0
-    buf = None
-    for batch in _checked_batches(paths, ("label", "embedding"), batch_rows):
-        x = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
-        spill.write(x.tobytes())
-        if buf is None or len(buf) < min(len(x), _block_rows(len(x), size)):
-            buf = np.empty((_block_rows(len(x), size), size), np.float32)
-        for s, e in _blocks(len(x), len(buf)):
-            block = np.matmul(x[s:e], centroids_t, out=buf[: e - s])
-            g = block.argmax(1)
-            h = block[np.arange(e - s), g]
-            listed = block >= (h - r)[:, None]
-            n_listed = listed.sum(1)
-            wide = n_listed > LIST_CAP
-            if wide.any():
-                listed[wide] = False
-                out.wide.append(start + s + np.flatnonzero(wide))
-            rr, kk = np.nonzero(listed)
-            out.rows.append(start + s + rr)
-            out.cells.append(kk)
-            out.sims.append(block[rr, kk])
-            out.cell.append(g)
-            out.sim.append(h)
-        out.label.append(batch["label"])
-        start += len(x)
-        bar.advance(len(x))
-    return out
+def unit_centroids_t(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """float32 [d, K'] unit centroids of the present classes, as the filter's index holds
+    them (normalised in the sums' precision, then cast)."""
+    present = np.flatnonzero(counts > 0)
+    return np.ascontiguousarray(normalise_rows(sums)[present].astype(np.float32).T)
 
 
 def _wide_candidates(spill_path, n, dim, wide, h, cell_low, centroids_t, r):
@@ -151,7 +182,7 @@ def near_pairs(
     batch_rows: int = 65536,
     spill_dir: str | Path | None = None,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of rows whose unit embeddings have cosine > ``tau``, exactly.
 
     Args:
@@ -165,53 +196,29 @@ def near_pairs(
         progress: progress bar on stderr.
 
     Returns:
-        (a, b, cosine, labels): int64 row pairs with a < b, each pair once, sorted by (a, b);
-        float32 cosines; the int64 label of every row.
+        (a, b, cosine): int64 row pairs with a < b, each pair once, sorted by (a, b), and
+        their float32 cosines.
     """
     paths = as_paths(paths)
     if sums is None or counts is None:
         sums, counts = class_sums(paths, batch_rows)
-    present = np.flatnonzero(counts > 0)
-    dim = sums.shape[1]
-    centroids_t = np.ascontiguousarray(normalise_rows(sums[present]).astype(np.float32).T)
-    r = radius(tau)
-    total = int(counts.sum())
-    with contextlib.ExitStack() as stack:
-        spill = stack.enter_context(
-            tempfile.NamedTemporaryFile(dir=spill_dir, prefix=".dedup-", suffix=".f32")
-        )
-        bar = RowProgress(progress, "dedup: anchors", total)
-        found = _scan(paths, centroids_t, r, batch_rows, spill, bar)
+    centroids_t = unit_centroids_t(sums, counts)
+    size = centroids_t.shape[1]
+    search = PairSearch(tau, spill_dir)
+    bar = RowProgress(progress, "dedup: anchors", int(counts.sum()))
+    try:
+        buf = np.empty((0, size), np.float32)
+        for batch in _checked_batches(paths, ("label", "embedding"), batch_rows):
+            x = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
+            if len(buf) < min(len(x), _block_rows(len(x), size)):
+                buf = np.empty((_block_rows(len(x), size), size), np.float32)
+            for s, e in _blocks(len(x), len(buf)):
+                search.add_block(x[s:e], np.matmul(x[s:e], centroids_t, out=buf[: e - s]))
+            bar.advance(len(x))
         bar.close()
-        spill.flush()
-        g, h, labels, q_row, q_cell, q_sim, wide = found.done()
-        n = len(g)
-        if n < 2:
-            empty = np.zeros(0, np.int64)
-            return empty, empty, np.zeros(0, np.float32), labels
-        # Members of every cell sorted by (cell, h, row); a float key (cell * 4 + h, h in
-        # [-1, 1]) makes each cell's window one searchsorted.
-        order = np.lexsort((np.arange(n), h, g))
-        keys = g[order] * 4.0 + h[order].astype(np.float64)
-        if len(wide):
-            cell_low = np.full(len(present), np.inf, np.float32)
-            np.minimum.at(cell_low, g, h)
-            more = _wide_candidates(spill.name, n, dim, wide, h, cell_low, centroids_t, r)
-            q_row = np.concatenate([q_row, *more[0]])
-            q_cell = np.concatenate([q_cell, *more[1]])
-            q_sim = np.concatenate([q_sim, *more[2]])
-        lo = np.searchsorted(keys, q_cell * 4.0 + h[q_row].astype(np.float64), "left")
-        hi = np.searchsorted(keys, q_cell * 4.0 + q_sim.astype(np.float64) + r, "right")
-        alive = hi > lo
-        q_row, q_cell, lo, hi = q_row[alive], q_cell[alive], lo[alive], hi[alive]
-        by_cell = np.argsort(q_cell, kind="stable")
-        q_row, q_cell, lo, hi = q_row[by_cell], q_cell[by_cell], lo[by_cell], hi[by_cell]
-        pairs = _compare(spill.name, n, dim, tau, h, order, q_row, q_cell, lo, hi, progress)
-    a, b, cos = pairs
-    swap = a > b
-    a, b = np.where(swap, b, a), np.where(swap, a, b)
-    sort = np.lexsort((b, a))
-    return a[sort], b[sort], cos[sort], labels
+        return search.pairs(centroids_t, progress)
+    finally:
+        search.close()
 
 
 def _compare(spill_path, n, dim, tau, h, order, q_row, q_cell, lo, hi, progress):
