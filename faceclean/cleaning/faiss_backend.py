@@ -66,14 +66,16 @@ class InnerProductIndex:
     """
 
     def __init__(self, vectors: np.ndarray, device: str = "auto", backend: str = "auto"):
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # no copy when it is
         self.size = len(vectors)
         self.vectors = vectors  # kept for the exhaustive scan of rows past the k cap
         self.vectors_t = None
         if backend == "blas" or (backend == "auto" and device != "cuda" and _gpus_quietly() == 0):
             if device == "cuda":
                 raise FacecleanError("--device cuda needs the FAISS backend (faceclean[gpu])")
-            self.vectors_t = np.ascontiguousarray(vectors.T)
+            # A transposed view, not a copy (2M x 512 classes: 4.1 GB saved); BLAS reads it
+            # as a transposed operand at the same speed (measured within noise).
+            self.vectors_t = vectors.T
             self.device = "cpu (BLAS)"
             return
         faiss = _faiss()
@@ -199,7 +201,8 @@ def pairs_above(
     cap = min(K_CAP, index.size)
     k = max(1, min(k, cap))
     while len(todo):
-        sims, pos = index.search(queries[todo], k)
+        # The first round asks for every query: no copy of them (K x d at merge's scale).
+        sims, pos = index.search(queries if len(todo) == len(queries) else queries[todo], k)
         full = (sims[:, -1] > tau) & (k < index.size)
         done = ~full
         hit = (sims > tau) & (pos >= 0) & done[:, None]
