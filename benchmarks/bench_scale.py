@@ -62,18 +62,22 @@ def face_like_batch(rng, centres: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return x
 
 
-def write_store(path: Path, rows: int, classes: int, dim: int, seed: int = 0) -> None:
+def write_store(
+    path: Path, rows: int, classes: int, dim: int, seed: int = 0, row_group: int = 65536
+) -> None:
     """A float16 face-like store of ``rows`` rows in class order, written row group by row
     group (the full N x d is never in memory). Class centres depend on ``dim`` only, so a
     second store of other images (another ``seed``) shows the same people."""
     centres = np.random.default_rng(12345).standard_normal((classes, dim), np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     rng = np.random.default_rng(seed)
-    labels = np.sort(rng.integers(0, classes, rows))
+    # Every class present (as in a real set), the rest of the rows drawn at random.
+    first = np.arange(min(classes, rows))
+    labels = np.sort(np.concatenate([first, rng.integers(0, classes, rows - len(first))]))
     schema = embedding_schema(dim, "float16", {"synthetic": "bench_scale", "seed": seed})
     with pq.ParquetWriter(path, schema) as w:
-        for s in range(0, rows, 65536):
-            y = labels[s : s + 65536]
+        for s in range(0, rows, row_group):
+            y = labels[s : s + row_group]
             x = face_like_batch(rng, centres, y)
             names = [f"id{v}" for v in y.tolist()]
             paths = [f"{names[i]}/{s + i}.jpg" for i in range(len(y))]

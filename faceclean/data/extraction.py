@@ -60,6 +60,8 @@ class ExtractResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     source: str = ""
+    batch_choice: str | None = None  # how the model ran (see FaceModel.tune)
+    batch_timings: list[tuple[str, float]] = field(default_factory=list)  # img/s, best first
 
     @property
     def images_per_second(self) -> float:
@@ -208,6 +210,7 @@ def extract(
     progress: bool = False,
     on_chunk: Callable[[int], None] | None = None,
     shard: tuple[int, int] | None = None,
+    tune: bool = True,
 ) -> ExtractResult:
     """Embed every image of a face dataset with an ONNX model.
 
@@ -231,6 +234,8 @@ def extract(
         on_chunk: called with the chunk number after each chunk is stored (for tests).
         shard: (i, n) extracts only slice i of n, labels those of the whole dataset (see
             :mod:`faceclean.data.sharding`).
+        tune: time the model as shipped and made-dynamic at a few batch sizes on the first
+            batch and run the fastest (:meth:`FaceModel.tune`; ``result.batch_choice``).
 
     Returns:
         An :class:`ExtractResult`. Rows keep dataset order; images that fail to decode are
@@ -295,6 +300,8 @@ def extract(
                 pool, lambda b: _decode_batch(ds, b[1], spec), batches, 2 * workers
             )
             for (c, rows), (x, ok, failures, resized) in decoded:
+                if tune and fm.batch_choice is None and len(x):
+                    fm.tune(x)  # the fastest way to run the model, timed on real images
                 emb, norms = (
                     embed_batch(fm, x, flip) if len(x) else (np.empty((0, fm.dim)), np.empty(0))
                 )
@@ -339,6 +346,8 @@ def extract(
         failures=stats["failures"],
         failures_path=stats["failures_path"],
         batch_mode=fm.batch_mode,
+        batch_choice=fm.batch_choice,
+        batch_timings=list(fm.timings),
         providers=fm.providers,
         preprocessing=spec,
         seconds=time.perf_counter() - t0,
