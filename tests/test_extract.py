@@ -107,7 +107,7 @@ def test_extract_times_each_way_to_run_the_model_and_keeps_the_fastest(faces, fi
     model = FaceModel(fixed_model)
     x = np.random.default_rng(0).standard_normal((10, 3, 112, 112)).astype(np.float32)
     ref = model.run(x)
-    for _, sess, fixed, run in model._configurations(len(x)):
+    for _, sess, fixed, run in model.configurations(len(x)):
         model._sess, model.fixed_batch, model.run_batch = sess, fixed, run
         assert np.abs(model.run(x) - ref).max() < 1e-4
 

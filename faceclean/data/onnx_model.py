@@ -282,7 +282,7 @@ class FaceModel:
             return [np.concatenate(p) for p in zip(*parts, strict=True)]
         return self._sess.run(None, {self.input_name: x})
 
-    def _configurations(self, most: int) -> list[tuple[str, object, int | None, int | None]]:
+    def configurations(self, most: int) -> list[tuple[str, object, int | None, int | None]]:
         """(name, session, fixed batch, run batch) of every way to run this model."""
         free = self._dynamic if self._dynamic is not None else None
         configs = []
@@ -309,7 +309,7 @@ class FaceModel:
         an extraction), ``repeats`` rounds in turn (the best of each counts, so a burst of
         load on a shared machine does not decide), and keep the fastest. Returns
         (configuration, images per second), fastest first; also in ``timings``."""
-        configs = self._configurations(len(x))
+        configs = self.configurations(len(x))
         if len(configs) == 1:
             name, sess, fixed, run = configs[0]
             self.timings, self.batch_choice = [(name, float("nan"))], name
