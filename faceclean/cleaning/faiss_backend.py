@@ -170,7 +170,11 @@ class InnerProductIndex:
         buf = np.empty((_block_rows(len(queries), self.size), self.size), np.float32)
         for s, e in _blocks(len(queries), len(buf)):
             block = np.matmul(queries[s:e], vectors_t, out=buf[: e - s])
-            r, c = np.nonzero(block > tau)
+            # A row maximum first (a fast reduction): nonzero() then runs on the few rows
+            # with a match, not on the whole block.
+            hit = np.flatnonzero(block.max(1) > tau)
+            r, c = np.nonzero(block[hit] > tau)
+            r = hit[r]
             out_r.append(r + s)
             out_c.append(c)
             out_s.append(block[r, c])
