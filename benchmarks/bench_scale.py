@@ -140,8 +140,8 @@ def projection(t_floor_rate: float, gpu_tflops: float, dim_ms1: int) -> list[str
     ):
         macs = n * k * d + k * k * d + n * d * 100
         cpu = 2 * macs / t_floor_rate / 3600
-        gpu = 2 * macs / (0.5 * gpu_tflops * 1e12) / 3600
-        lines.append(f"  {name:28s} {macs:9.2e} {cpu:9.1f}h {gpu:8.2f}h {gpu / 8:8.2f}h")
+        gpu = 2 * macs / (0.5 * gpu_tflops * 1e12) / 60
+        lines.append(f"  {name:28s} {macs:9.2e} {cpu:9.1f}h {gpu:6.1f}min {gpu / 8:6.1f}min")
     return lines
 
 
