@@ -182,3 +182,22 @@ def test_clean_dedup_shares_the_filters_product(tmp_path, monkeypatch):
     faiss_run = clean(store, tmp_path / "f", dedup=0.9, batch_rows=64, backend="faiss")
     assert pq.read_table(tmp_path / "f" / "dedup.parquet").equals(alone.table)
     assert faiss_run.summary["kept"] == plain.summary["kept"]
+
+
+def test_class_sums_without_parquet_statistics_grow_to_the_same_result(tmp_path):
+    """class_sums sizes its array from the row-group statistics; a store written without
+    them takes the growing path and gives the same sums and counts."""
+    import pyarrow.parquet as pq
+
+    from faceclean.cleaning.filter import class_sums
+
+    x, y = face_like(seed=6, classes=30, per=5)
+    with_stats = write_embedding_store(tmp_path / "a.parquet", x, y, row_group=40)
+    bare = tmp_path / "b.parquet"
+    pq.write_table(pq.read_table(with_stats), bare, write_statistics=False, row_group_size=40)
+    assert pq.ParquetFile(bare).metadata.row_group(0).column(1).statistics is None
+    s1, c1 = class_sums(with_stats, batch_rows=16)
+    s2, c2 = class_sums(bare, batch_rows=16)
+    assert s1.dtype == np.float32 and s1.shape == (30, x.shape[1])
+    assert np.array_equal(s1, s2) and np.array_equal(c1, c2)
+    assert np.abs(s1 - np.stack([x[y == k].sum(0) for k in range(30)])).max() < 1e-5
