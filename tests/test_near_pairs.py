@@ -201,3 +201,21 @@ def test_class_sums_without_parquet_statistics_grow_to_the_same_result(tmp_path)
     assert s1.dtype == np.float32 and s1.shape == (30, x.shape[1])
     assert np.array_equal(s1, s2) and np.array_equal(c1, c2)
     assert np.abs(s1 - np.stack([x[y == k].sum(0) for k in range(30)])).max() < 1e-5
+
+
+def test_clean_dedup_on_a_bad_store_leaves_nothing_behind(tmp_path):
+    """A NaN embedding stops `clean --dedup` with the named error; no output folder and no
+    spill file are left."""
+    import gc
+
+    from faceclean.cleaning.clean import clean
+    from faceclean.errors import FacecleanError
+
+    x, y = face_like(seed=7, classes=20, per=12)
+    x[33] = np.nan
+    store = write_embedding_store(tmp_path / "s.parquet", x, y)
+    with pytest.raises(FacecleanError, match="row 33: embedding contains NaN"):
+        clean(store, tmp_path / "out", dedup=0.98)
+    gc.collect()
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.rglob(".dedup-*")) and not list(tmp_path.glob(".out.tmp-*"))

@@ -33,6 +33,7 @@ read back one group of cells at a time.
 from __future__ import annotations
 
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,7 +68,12 @@ class PairSearch:
         if not -1.0 <= tau <= 1.0:
             raise FacecleanError(f"--dedup must be a cosine in [-1, 1], not {tau}")
         self.tau, self.r, self.n, self.dim = tau, radius(tau), 0, None
-        self.spill = tempfile.NamedTemporaryFile(dir=spill_dir, prefix=".dedup-", suffix=".f32")
+        self.spill = tempfile.NamedTemporaryFile(
+            dir=spill_dir, prefix=".dedup-", suffix=".f32", delete=False
+        )
+        # Deleted by close(), or when the search is dropped (a filter that failed half way):
+        # quietly, also when its folder is already gone.
+        self._cleanup = weakref.finalize(self, _remove, self.spill)
         self.cell, self.sim, self.wide = [], [], []
         self.rows, self.cells, self.sims = [], [], []
 
@@ -96,7 +102,7 @@ class PairSearch:
         self.n += len(x)
 
     def close(self) -> None:
-        self.spill.close()
+        self._cleanup()
 
     def pairs(
         self, centroids_t: np.ndarray, progress: bool = False
@@ -135,6 +141,11 @@ class PairSearch:
         a, b = np.where(swap, b, a), np.where(swap, a, b)
         sort = np.lexsort((b, a))
         return a[sort], b[sort], cos[sort]
+
+
+def _remove(spill) -> None:
+    spill.close()
+    Path(spill.name).unlink(missing_ok=True)
 
 
 def unit_centroids_t(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
