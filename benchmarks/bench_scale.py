@@ -115,14 +115,19 @@ def run_stage(stage: str, store: Path, eval_store: Path, work: Path) -> dict:
 
 
 def measured(stage: str, store: Path, eval_store: Path, work: Path) -> dict:
-    """Run a stage in a child process; its result with the child's peak RSS (MB)."""
+    """Run a stage in a child process; its result with the child's peak RSS (MB) and its
+    whole CPU time (user + system, s: on a shared machine less load-dependent than the
+    wall time, which the stage itself reports as ``seconds``)."""
     cmd = [sys.executable, __file__, "--_stage", stage, str(store), str(eval_store), str(work)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"stage {stage} failed (status {status})")
-    return json.loads(out.strip().splitlines()[-1]) | {"peak_rss_mb": usage.ru_maxrss / 1024}
+    return json.loads(out.strip().splitlines()[-1]) | {
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def projection(t_floor_rate: float, gpu_tflops: float, dim_ms1: int) -> list[str]:
@@ -178,15 +183,15 @@ def main() -> None:
         floor = 2 * n * k * d / rate
         print(f"N={n:,} K={k:,} d={d}, float16 store; float32 matmul {rate / 1e9:.0f} GFLOP/s")
         print(f"floor (one N x K x d product): {floor:.1f} s")
-        print(f"  {'stage':12s} {'seconds':>8s} {'x floor':>8s} {'peak RSS':>9s}  counts")
+        print(f"  {'stage':12s} {'seconds':>8s} {'x floor':>8s} {'CPU s':>8s} {'peak RSS':>9s}")
         results = {}
         for stage in args.stages.split(","):
             r = measured(stage, store, eval_store, Path(tmp))
             results[stage] = r
-            extra = {x: v for x, v in r.items() if x not in ("seconds", "peak_rss_mb")}
+            extra = {x: v for x, v in r.items() if x not in ("seconds", "peak_rss_mb", "cpu_s")}
             print(
                 f"  {stage:12s} {r['seconds']:8.1f} {r['seconds'] / floor:8.2f} "
-                f"{r['peak_rss_mb']:7.0f}MB  {extra}",
+                f"{r['cpu_s']:8.1f} {r['peak_rss_mb']:7.0f}MB  {extra}",
                 flush=True,
             )
         if "clean" in results and "clean-dedup" in results:
@@ -194,21 +199,22 @@ def main() -> None:
             for _ in range(args.repeats - 1):  # alternated: load drifts on a shared machine
                 pair = tuple(measured(s, store, eval_store, Path(tmp)) for s in STAGES[4:])
                 print(
-                    f"  repeat: clean {pair[0]['seconds']:.1f} s, clean-dedup "
-                    f"{pair[1]['seconds']:.1f} s",
+                    f"  repeat: clean {pair[0]['seconds']:.1f} s ({pair[0]['cpu_s']:.1f} CPU s),"
+                    f" clean-dedup {pair[1]['seconds']:.1f} s ({pair[1]['cpu_s']:.1f} CPU s)",
                     flush=True,
                 )
                 pairs.append(pair)
             t = [cd["seconds"] / c["seconds"] for c, cd in pairs]
+            u = [cd["cpu_s"] / c["cpu_s"] for c, cd in pairs]
             m = [cd["peak_rss_mb"] / c["peak_rss_mb"] for c, cd in pairs]
-            print(
-                f"clean --dedup / clean over {len(pairs)} alternated pair(s): time "
-                + ", ".join(f"{x:.2f}x" for x in t)
-                + " (clean "
-                + ", ".join(f"{c['seconds']:.0f}" for c, _ in pairs)
-                + " s); peak RSS "
-                + ", ".join(f"{x:.2f}x" for x in m)
-            )
+            print(f"clean --dedup / clean over {len(pairs)} alternated pair(s):")
+            for name, ratios in (("wall time", t), ("CPU time", u), ("peak RSS", m)):
+                print(
+                    f"  {name:9s} "
+                    + ", ".join(f"{x:.2f}x" for x in ratios)
+                    + f"  (median {np.median(ratios):.2f}x, range {min(ratios):.2f}-"
+                    f"{max(ratios):.2f}x)"
+                )
         for line in projection(rate, args.gpu_tflops, 512):
             print(line)
 
