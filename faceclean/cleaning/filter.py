@@ -122,12 +122,9 @@ def class_sums(path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     ``path`` is one embedding store or a list of shards (same dimension, one label space).
     K is the largest label + 1; labels that never occur have count 0 and a zero sum.
 
-    Float32, not float64: each batch's per-class sum is one float32 scatter-add and a class
-    meets few batches (stores are in class order), so a sum carries ~1e-7 relative error,
-    four orders below any cosine threshold's resolution; float64 would double the largest
-    array of the cleaning (2M classes x 512-d: 4.1 GB, not 8.2; see the README's scale
-    section). K is read from the Parquet statistics when they have it, so the array is
-    allocated once at its size (growing by doubling would hold twice that for a while).
+    Float32 (~1e-7 relative error, far below any threshold's resolution; float64 would
+    double the largest array: 8.2 GB at 2M x 512; README, "Cleaning at scale"), allocated
+    once at K read from the Parquet statistics when present (doubling holds 2x a while).
     """
     stores = open_stores(path)
     dim = stores[0][1].schema_arrow.field("embedding").type.list_size
@@ -150,8 +147,8 @@ def class_sums(path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _label_bound(stores) -> int:
-    """Largest label + 1 from the Parquet row-group statistics (0 where any is missing, or
-    beyond :func:`max_label_bound`: the batches then name the bad row)."""
+    """Largest label + 1 from the row-group statistics (0 if any is missing or the label
+    is beyond :func:`max_label_bound`: the batches then name the bad row)."""
     top, rows = -1, 0
     for _, pf in stores:
         rows += pf.metadata.num_rows
@@ -253,8 +250,7 @@ def score_batches(
             f"has {len(present)} class(es); filtering needs at least two to find negatives",
             path[0] if len(path) == 1 else ", ".join(p.name for p in path),
         )
-    # One float32 K x d centroid array (no copy when every class is present), the sums as
-    # given (float32 from class_sums), squared norms in float64 (K scalars).
+    # One float32 K x d centroid array (no copy when every class is present).
     centroids = normalise_rows(sums).astype(np.float32, copy=False)
     every = len(present) == len(counts)
     index = InnerProductIndex(centroids if every else centroids[present], device, backend)
