@@ -57,7 +57,7 @@ def measure(label: str, data: Path, model_path: Path, batch: int, preset: str | 
     # printed apart); the second, with the tuned model, is extract's steady rate.
     tuned = FaceModel(model_path)
     t = time.perf_counter()
-    result = extract(ds, tuned, out, preset=preset, batch_size=batch, overwrite=True)
+    result = extract(ds, tuned, out, preset=preset, batch_size=batch, overwrite=True, tune=True)
     first = time.perf_counter() - t
     t = time.perf_counter()
     extract(ds, tuned, out, preset=preset, batch_size=batch, overwrite=True)

@@ -210,7 +210,7 @@ def extract(
     progress: bool = False,
     on_chunk: Callable[[int], None] | None = None,
     shard: tuple[int, int] | None = None,
-    tune: bool = True,
+    tune: bool | str = "auto",
 ) -> ExtractResult:
     """Embed every image of a face dataset with an ONNX model.
 
@@ -235,7 +235,9 @@ def extract(
         shard: (i, n) extracts only slice i of n, labels those of the whole dataset (see
             :mod:`faceclean.data.sharding`).
         tune: time the model as shipped and made-dynamic at a few batch sizes on the first
-            batch and run the fastest (:meth:`FaceModel.tune`; ``result.batch_choice``).
+            batch and run the fastest (:meth:`FaceModel.tune`; ``result.batch_choice``):
+            True, False, or "auto" (when the run has at least 20x the images the timing
+            runs, so that it costs under 5%).
 
     Returns:
         An :class:`ExtractResult`. Rows keep dataset order; images that fail to decode are
@@ -300,7 +302,7 @@ def extract(
                 pool, lambda b: _decode_batch(ds, b[1], spec), batches, 2 * workers
             )
             for (c, rows), (x, ok, failures, resized) in decoded:
-                if tune and fm.batch_choice is None and len(x):
+                if fm.batch_choice is None and len(x) and _worth_tuning(tune, fm, x, n - resumed):
                     fm.tune(x)  # the fastest way to run the model, timed on real images
                 emb, norms = (
                     embed_batch(fm, x, flip) if len(x) else (np.empty((0, fm.dim)), np.empty(0))
@@ -354,6 +356,13 @@ def extract(
         warnings=list(ds.warnings),
         source=ds.source,
     )
+
+
+def _worth_tuning(tune: bool | str, fm: FaceModel, x: np.ndarray, images: int) -> bool:
+    """Whether to time the model's configurations on the batch ``x`` (see extract)."""
+    if tune != "auto":
+        return bool(tune)
+    return images >= 20 * 2 * len(fm.configurations(len(x))) * len(x)
 
 
 def _chunk_table(ds: FaceDataset, pieces: list, schema: pa.Schema) -> pa.Table:
