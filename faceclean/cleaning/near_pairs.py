@@ -25,7 +25,7 @@ above float32 rounding), so a candidate is never missed; every reported cosine i
 float32 dot product of the two unit embeddings, as an all-pairs search computes it.
 
 Memory: the K x d centroids, one batch and its K-wide similarity block, and O(N) scalars
-(anchor, similarity, label: ~20 bytes a row, plus ~16 a candidate cell); never N x d. The
+(anchors, candidate lists, sort keys; a dedup run grew ~320 bytes a row); never N x d. The
 unit embeddings are spilled as float32 to a temporary file (N x d x 4 bytes of disk) and
 read back one group of cells at a time.
 """
