@@ -88,6 +88,32 @@ def test_fixed_batch_model_is_made_dynamic_with_identical_embeddings(
     assert np.abs(arrays(result.table)[0] - ref).max() < 1e-5
 
 
+def test_extract_times_each_way_to_run_the_model_and_keeps_the_fastest(faces, fixed_model):
+    """A fixed-batch-1 model that can be made dynamic: the first batch times it as shipped
+    and made-dynamic at batch 1 and 8 (not 32 or 64: the batch holds 16); the fastest is
+    kept and the embeddings do not depend on the choice."""
+    # 48 images: too few for "auto" to spend time on it; asked for, it runs.
+    assert extract(faces, fixed_model, preset="insightface", batch_size=16).batch_choice is None
+    result = extract(faces, fixed_model, preset="insightface", batch_size=16, tune=True)
+    names = [name for name, _ in result.batch_timings]
+    assert sorted(names) == sorted(
+        ["as shipped, batch 1", "made-dynamic, batch 1", "made-dynamic, batch 8"]
+    )
+    rates = [ips for _, ips in result.batch_timings]
+    assert rates == sorted(rates, reverse=True) and all(r > 0 for r in rates)
+    assert result.batch_choice == names[0]
+    untuned = extract(faces, fixed_model, preset="insightface", batch_size=16, tune=False)
+    assert untuned.batch_choice is None and untuned.batch_mode == "made-dynamic"
+    assert np.abs(arrays(result.table)[0] - arrays(untuned.table)[0]).max() < 1e-5
+    # Every configuration, forced, gives the same features.
+    model = FaceModel(fixed_model)
+    x = np.random.default_rng(0).standard_normal((10, 3, 112, 112)).astype(np.float32)
+    ref = model.run(x)
+    for _, sess, fixed, run in model.configurations(len(x)):
+        model._sess, model.fixed_batch, model.run_batch = sess, fixed, run
+        assert np.abs(model.run(x) - ref).max() < 1e-4
+
+
 def test_graph_that_cannot_be_made_dynamic_runs_at_its_fixed_size(tmp_path, faces):
     # Flatten(axis=0) folds the batch into the features: a batch-dynamic rewrite cannot be
     # right, so faceclean must notice and run image by image.

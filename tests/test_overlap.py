@@ -34,6 +34,40 @@ def test_pairs_above_is_exact_however_many_matches():
     assert len(want) == 31
 
 
+@pytest.mark.parametrize("backend", ["faiss", "blas"])
+def test_pairs_above_never_asks_faiss_past_the_k_cap(monkeypatch, backend):
+    """faiss-gpu refuses k > 2048: forced to a cap of 4 on the CPU, the search still
+    returns every pair above the threshold (a dense region of 30 near-copies), and no
+    search asked for more than 4 neighbours."""
+    from faceclean.cleaning import faiss_backend
+
+    monkeypatch.setattr(faiss_backend, "K_CAP", 4)
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((300, 16)).astype(np.float32)
+    base[:30] = base[0] + 0.01 * rng.standard_normal((30, 16))
+    base[100:110] = base[100] + 0.02 * rng.standard_normal((10, 16))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    index = InnerProductIndex(base, "cpu", backend)
+    asked = []
+    search = index.search
+
+    def recording(q, k):
+        asked.append(k)
+        return search(q, k)
+
+    monkeypatch.setattr(index, "search", recording)
+    r, c, s = pairs_above(index, base, 0.9)
+    want = np.argwhere(base.astype(np.float64) @ base.T.astype(np.float64) > 0.9)
+    got = sorted(zip(r.tolist(), c.tolist(), strict=True))
+    assert got == sorted(map(tuple, want.tolist()))
+    assert len(want) > 30 * 30  # the dense region really was past the cap
+    assert max(asked) == 4
+    np.testing.assert_allclose(s, np.einsum("nd,nd->n", base[r], base[c]), atol=1e-5)
+    if backend == "faiss":  # the FAISS index itself refuses a k above the cap
+        with pytest.raises(ValueError, match="cap"):
+            search(base[:2], 5)
+
+
 def _split(tmp_path, x, y):
     """Train: classes 0-29 (first half of each class's images); eval: classes 20-39 (second
     half), relabelled 0-19 — classes 20-29 are in both."""

@@ -27,10 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from faceclean.cleaning.dedup import restrict_inputs
+from faceclean.cleaning.dedup import dedup_from_filter, restrict_inputs
 from faceclean.cleaning.filter import FilterResult, filter_store
 from faceclean.cleaning.merge import MergeResult, merge_classes
 from faceclean.cleaning.merge_auto import identity_groups, resolve_merge_thresholds
+from faceclean.cleaning.near_pairs import PairSearch
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import ImageError
 from faceclean.data.recimages import rec_image, write_property
@@ -215,10 +216,16 @@ def clean(
     reviewed = _read_review(review, out, overwrite)
     with writing(out, overwrite=overwrite, inputs=inputs, folder=True, wait=wait) as tmp:
         given = embeddings
+        # --dedup alone lists duplicates from the filter's own product (one pass for both);
         # --exclude / --dedup-keep: clean a copy without the dropped rows (deleted below).
         excluded, review_summary = _reviewed_exclude(reviewed, exclude, tmp)
+        # The shared product holds similarities to the class centroids: not with rows
+        # dropped first, nor with --tau-intra auto (its filter scores against identity
+        # groups); those take dedup's own exact pass.
+        alone = dedup is not None and not dedup_keep and excluded is None and tau_intra != "auto"
+        shared = PairSearch(dedup, tmp) if alone else None
         embeddings, restricted = restrict_inputs(
-            given, tmp, excluded, dedup, dedup_keep, device, backend
+            given, tmp, excluded, None if shared else dedup, dedup_keep, device, backend
         )
         if excluded != exclude:  # the review kept some classes: name the folder it read
             restricted["exclude"] = str(Path(exclude).resolve())
@@ -251,8 +258,11 @@ def clean(
             batch_rows=batch_rows,
             device=device,
             backend=backend,
+            on_block=shared.add_block if shared else None,
         )
         tau_intra = fr.thresholds.tau_intra  # the value applied (chosen, with auto)
+        if shared:
+            restricted |= dedup_from_filter(given, shared, fr.class_sums, fr.counts, tmp)
         fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
         keep = pq.read_table(paths["scores"], columns=["keep"])["keep"]
         tau_inter, min_link_ratio, merge_why = resolve_merge_thresholds(

@@ -3,8 +3,10 @@
 Two images whose embeddings have cosine above ``tau`` (e.g. 0.98: a re-upload, a re-encode,
 two crops of one photo) are duplicates; duplicates are grouped transitively. Inside one class
 a group weighs one photo several times in the class centroid; a group that spans classes is
-label noise (one photo filed under two identities). The search is exact, all images against
-all, on the inner-product backend of `faceclean merge`, with every embedding in memory.
+label noise (one photo filed under two identities). The search is exact (every pair above
+``tau``, as all-pairs would find) but not all-pairs: see :mod:`.near_pairs` for the centroid
+bound that prunes it to about one more filter pass, memory flat in rows (O(N) scalars, the
+K x d centroids, one batch; never N x d in RAM).
 
 ``dedup.parquet`` lists every image in a group: ``path``, ``label``, ``identity``, ``group``
 (0.. by size), ``group_size``, ``cosine`` (its strongest link inside the group),
@@ -23,9 +25,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
-from faceclean.cleaning.overlap import identities, load_store, read_exclude
-from faceclean.data.store import atomic_path, iter_embeddings, iter_row_groups, open_stores
+from faceclean.cleaning.near_pairs import PairSearch, near_pairs, unit_centroids_t
+from faceclean.cleaning.overlap import identities, paths_of, read_exclude
+from faceclean.data.store import (
+    as_paths,
+    atomic_path,
+    iter_embeddings,
+    iter_row_groups,
+    open_stores,
+)
 from faceclean.errors import FacecleanError
 
 
@@ -51,7 +59,16 @@ class DedupResult:
 
 
 def find_duplicates(
-    embeddings, tau: float, keep_one: bool = False, device: str = "auto", backend: str = "auto"
+    embeddings,
+    tau: float,
+    keep_one: bool = False,
+    device: str = "auto",
+    backend: str = "auto",
+    *,
+    sums: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
+    spill_dir: Path | None = None,
+    progress: bool = False,
 ) -> DedupResult:
     """Groups of images with embeddings more similar than ``tau`` (cosine).
 
@@ -59,16 +76,30 @@ def find_duplicates(
         embeddings: one embedding store or the shards of one.
         tau: cosine above which two images are duplicates (e.g. 0.98).
         keep_one: keep only the first image of each label inside each group.
-        device, backend: the inner-product search, as in `faceclean filter`.
+        device, backend: accepted for symmetry with `faceclean filter`; the search runs
+            blocked float32 BLAS on the CPU (see :mod:`.near_pairs`).
+        sums, counts: the stores' class sums and counts, when already computed.
+        spill_dir: folder for the search's temporary copy of the embeddings.
+        progress: progress bars on stderr.
     """
     if not -1.0 <= tau <= 1.0:
         raise FacecleanError(f"--dedup must be a cosine in [-1, 1], not {tau}")
-    paths, labels, emb = load_store(embeddings)
+    del device, backend
+    r, c, s = near_pairs(
+        embeddings, tau, sums=sums, counts=counts, spill_dir=spill_dir, progress=progress
+    )
+    return group_duplicates(embeddings, r, c, s, tau, keep_one)
+
+
+def group_duplicates(
+    embeddings, r: np.ndarray, c: np.ndarray, s: np.ndarray, tau: float, keep_one: bool
+) -> DedupResult:
+    """The :class:`DedupResult` of the duplicate pairs (rows r < c, cosines s) of the
+    stores: groups, ``keep`` and the summary (reads the labels and the grouped rows' paths)."""
+    labels = np.concatenate(
+        [b["label"] for p in as_paths(embeddings) for b in iter_embeddings(p, ("label",))]
+    ).astype(np.int64)
     n = len(labels)
-    index = InnerProductIndex(emb, device, backend)
-    r, c, s = pairs_above(index, emb, tau)
-    one = r < c  # each pair is found from both ends, and every image finds itself
-    r, c, s = r[one], c[one], s[one]
     comp = components(n, r, c)
     sizes = np.bincount(comp, minlength=n)
     member = np.flatnonzero(sizes[comp] > 1)
@@ -97,9 +128,10 @@ def find_duplicates(
         keep[member[first]] = True
     names = identities(embeddings)
     rows = member[np.lexsort((member, group_of[member]))]
+    path_of = dict(zip(member.tolist(), paths_of(embeddings, member), strict=True))
     table = pa.table(
         {
-            "path": pa.array([paths[i] for i in rows.tolist()], pa.string()),
+            "path": pa.array([path_of[i] for i in rows.tolist()], pa.string()),
             "label": pa.array(labels[rows], pa.int64()),
             "identity": pa.array([names[x] for x in labels[rows].tolist()], pa.string()),
             "group": pa.array(group_of[rows], pa.int64()),
@@ -146,6 +178,23 @@ def write_subset(
     return rows, by_label
 
 
+def dedup_from_filter(
+    embeddings, search: PairSearch, sums: np.ndarray, counts: np.ndarray, out: Path
+) -> dict:
+    """`clean --dedup` without ``--dedup-keep``: finish a :class:`PairSearch` the filter
+    fed with its own similarity blocks (``filter_store(on_block=search.add_block)``; its
+    class ``sums`` and ``counts``), write ``out/dedup.parquet``, return the summary. The
+    whole search then costs the filter's product plus the within-cell comparisons."""
+    try:
+        r, c, s = search.pairs(unit_centroids_t(sums, counts))
+    finally:
+        search.close()
+    dr = group_duplicates(embeddings, r, c, s, search.tau, False)
+    with atomic_path(out / "dedup.parquet") as tmp:
+        pq.write_table(dr.table, tmp)
+    return dr.summary
+
+
 def restrict_inputs(
     embeddings: list[Path],
     out: Path,
@@ -169,7 +218,7 @@ def restrict_inputs(
         drop_labels = read_exclude(exclude, identities(embeddings))
         summary["exclude"] = str(Path(exclude).resolve())
     if dedup is not None:
-        dr = find_duplicates(embeddings, dedup, dedup_keep, device, backend)
+        dr = find_duplicates(embeddings, dedup, dedup_keep, device, backend, spill_dir=out)
         with atomic_path(out / "dedup.parquet") as tmp:
             pq.write_table(dr.table, tmp)
         summary |= dr.summary

@@ -124,34 +124,56 @@ def _checked_file(path: Path, columns, batch_rows: int, max_label: int) -> Itera
 
 
 def class_sums(path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class embedding sums and counts, streaming: (float64 [K, d], int64 [K]).
+    """Per-class embedding sums and counts, streaming: (float32 [K, d], int64 [K]).
 
     ``path`` is one embedding store or a list of shards (same dimension, one label space).
     K is the largest label + 1; labels that never occur have count 0 and a zero sum.
+
+    Float32 (~1e-7 relative error, far below any threshold's resolution; float64 would
+    double the largest array: 8.2 GB at 2M x 512; README, "Cleaning at scale"), allocated
+    once at K read from the Parquet statistics when present (doubling holds 2x a while).
     """
     stores = open_stores(path)
     dim = stores[0][1].schema_arrow.field("embedding").type.list_size
-    sums = np.zeros((0, dim), np.float64)
-    counts = np.zeros(0, np.int64)
+    k0 = _label_bound(stores)
+    sums = np.zeros((k0, dim), np.float32)
+    counts = np.zeros(k0, np.int64)
     for batch in _checked_batches(path, ("label", "embedding"), batch_rows):
         labels, emb = batch["label"], batch["embedding"]
         k = int(labels.max()) + 1 if len(labels) else 0
         if k > len(counts):  # grow by doubling: sorted labels would otherwise copy per batch
             grown = max(k, 2 * len(counts))
-            sums = np.vstack([sums, np.zeros((grown - len(counts), dim))])
+            sums = np.vstack([sums, np.zeros((grown - len(counts), dim), np.float32)])
             counts = np.concatenate([counts, np.zeros(grown - len(counts), np.int64)])
         add_rows(sums, labels, emb)
         counts += np.bincount(labels, minlength=len(counts))
     k = int(np.flatnonzero(counts).max()) + 1 if counts.any() else 0
+    if k == len(counts):
+        return sums, counts
     return sums[:k].copy(), counts[:k].copy()
 
 
+def _label_bound(stores) -> int:
+    """Largest label + 1 from the row-group statistics (0 if any is missing or the label
+    is beyond :func:`max_label_bound`: the batches then name the bad row)."""
+    top, rows = -1, 0
+    for _, pf in stores:
+        rows += pf.metadata.num_rows
+        col = pf.schema_arrow.get_field_index("label")
+        for i in range(pf.metadata.num_row_groups):
+            stats = pf.metadata.row_group(i).column(col).statistics
+            if stats is None or not stats.has_min_max:
+                return 0
+            top = max(top, int(stats.max))
+    return top + 1 if 0 <= top <= max_label_bound(rows) else 0
+
+
 def add_rows(sums: np.ndarray, labels: np.ndarray, rows: np.ndarray, sign: float = 1.0) -> None:
-    """sums[labels[i]] += sign * rows[i] for every i, in place (float64 ``sums``).
+    """sums[labels[i]] += sign * rows[i] for every i, in place (float32 or float64 ``sums``).
 
     A float32 scatter-add over the batch's distinct labels (torch's index_add_, ~100x
-    faster than numpy's reduceat or add.at with many small classes), then one float64 add:
-    deterministic, since a CPU index_add_ sums each class's rows in batch order.
+    faster than numpy's reduceat or add.at with many small classes), then one add into
+    ``sums``: deterministic, since a CPU index_add_ sums each class's rows in batch order.
     """
     import torch
 
@@ -167,7 +189,9 @@ def add_rows(sums: np.ndarray, labels: np.ndarray, rows: np.ndarray, sign: float
 
 
 def normalise_rows(m: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(m, axis=1, keepdims=True)
+    """Rows scaled to unit length (zero rows stay zero), in ``m``'s dtype. The norms are
+    summed in float64 without a K x d temporary (``np.linalg.norm`` would square a copy)."""
+    n = np.sqrt(np.einsum("kd,kd->k", m, m, dtype=np.float64))[:, None].astype(m.dtype)
     return np.divide(m, n, out=np.zeros_like(m), where=n > 0)
 
 
@@ -188,8 +212,8 @@ class FilterResult:
     num_classes: int
     num_emptied: int
     num_singletons: int
-    class_sums: np.ndarray  # float64 [K, d], all samples
-    kept_sums: np.ndarray  # float64 [K, d], kept samples only (for merge)
+    class_sums: np.ndarray  # float32 [K, d], all samples
+    kept_sums: np.ndarray  # float32 [K, d], kept samples only (for merge)
     counts: np.ndarray  # int64 [K]
     kept_counts: np.ndarray  # int64 [K]
     device: str
@@ -225,9 +249,11 @@ def score_batches(
     columns: tuple[str, ...] = ("path", "label", "identity", "embedding"),
     backend: str = "auto",
     label_map: np.ndarray | None = None,
+    on_block=None,
 ) -> Iterator[tuple[dict, dict]]:
     """Yield (input batch, score columns) for every batch of the store(s); see module doc.
-    With ``label_map`` (label -> group), sums and counts are per group."""
+    With ``label_map`` (label -> group), sums and counts are per group. ``on_block``: see
+    :meth:`InnerProductIndex.hardest_excluding` (`clean --dedup`)."""
     path = as_paths(path)
     present = np.flatnonzero(counts > 0)
     if len(present) < 2:
@@ -235,17 +261,20 @@ def score_batches(
             f"has {len(present)} class(es); filtering needs at least two to find negatives",
             path[0] if len(path) == 1 else ", ".join(p.name for p in path),
         )
-    centroids = normalise_rows(sums).astype(np.float32)
-    index = InnerProductIndex(centroids[present], device, backend)
+    # One float32 K x d centroid array (no copy when every class is present).
+    centroids = normalise_rows(sums).astype(np.float32, copy=False)
+    every = len(present) == len(counts)
+    index = InnerProductIndex(centroids if every else centroids[present], device, backend)
+    del centroids
     position = np.full(len(counts), -1, np.int64)
     position[present] = np.arange(len(present))
-    sq_norms = np.einsum("kd,kd->k", sums, sums)
-    sums32 = sums.astype(np.float32)
+    sq_norms = np.einsum("kd,kd->k", sums, sums, dtype=np.float64)
+    sums32 = sums.astype(np.float32, copy=False)
     cols = tuple(dict.fromkeys((*columns, "label", "embedding")))
     for batch in _checked_batches(path, cols, batch_rows):
         x, y = batch["embedding"], batch["label"]
         y = y if label_map is None else label_map[y]
-        sims, pos = index.hardest_excluding(x, position[y])
+        sims, pos = index.hardest_excluding(x, position[y], on_block)
         neg = present[pos]
         cos_neg = sims.astype(np.float64)
         dot = np.einsum("nd,nd->n", x, sums32[y]).astype(np.float64)
@@ -285,6 +314,7 @@ def filter_store(
     backend: str = "auto",
     overwrite: bool = False,
     progress: bool = False,
+    on_block=None,
 ) -> FilterResult:
     """Score every sample of an embedding store and keep those with D >= ``tau_intra``.
 
@@ -307,6 +337,8 @@ def filter_store(
         device: "auto" (GPU when FAISS sees one), "cpu" or "cuda".
         backend: "auto" (FAISS on GPU, blocked BLAS on CPU), "faiss" or "blas"; all exact.
         progress: show a progress bar (rows scored) on stderr.
+        on_block: called with each block of rows and its similarities to every centroid
+            (`clean --dedup` shares the filter's product; see :mod:`.near_pairs`).
 
     Returns:
         A :class:`FilterResult` (``thresholds``: what was applied, and why). Two streaming
@@ -321,10 +353,26 @@ def filter_store(
         if output is not None:  # checked and locked before any work
             stack.enter_context(writing(output, overwrite=overwrite, inputs=path))
         run = (loo_below, batch_rows, device, backend, progress)
-        return _filter(path, asked, has_norm, output, *run, same_identity)
+        return _filter(path, asked, has_norm, output, *run, same_identity, on_block)
 
 
-def _filter(path, asked, has_norm, output, loo_below, batch_rows, device, backend, progress, group):
+def _filter(
+    path,
+    asked,
+    has_norm,
+    output,
+    loo_below,
+    batch_rows,
+    device,
+    backend,
+    progress,
+    group,
+    on_block=None,
+):
+    if group is not None and on_block is not None:
+        # The blocks would be similarities to group centroids, not the class centroids the
+        # near-duplicate bound is stated for (clean shares the product only without groups).
+        raise ValueError("on_block is not supported with same_identity groups")
     sums, counts = class_sums(path, batch_rows)
     scored = group_sums(sums, counts, group)  # what D is against: labels, or their groups
     columns = ("label", "embedding", "norm") if has_norm else ("label", "embedding")
@@ -361,7 +409,7 @@ def _filter(path, asked, has_norm, output, loo_below, batch_rows, device, backen
         nonlocal device_used
         bar = RowProgress(progress, "filter", int(counts.sum()))
         batches = score_batches(
-            path, *scored[:2], loo_below, batch_rows, device, columns, backend, scored[2]
+            path, *scored[:2], loo_below, batch_rows, device, columns, backend, scored[2], on_block
         )
         for batch, scores in batches:
             bar.advance(len(batch["label"]))

@@ -143,7 +143,11 @@ def merge_classes(
             merged (None: off).
     """
     present = np.flatnonzero(counts > 0)
-    centroids = normalise_rows(np.asarray(sums, np.float64)[present]).astype(np.float32)
+    # float32 throughout, one K x d copy at most (no float64 intermediates: at 2M classes
+    # x 512-d each would be 8.2 GB).
+    sums = np.asarray(sums)
+    sums = sums if len(present) == len(sums) else sums[present]
+    centroids = normalise_rows(sums.astype(np.float32, copy=False))
     a, b, w = centroid_links(centroids, present, tau_inter, device)
     sums, counts = np.asarray(sums, np.float64), np.asarray(counts)
     mu = mean_within(sums, counts)

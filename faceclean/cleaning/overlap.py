@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
-from faceclean.cleaning.filter import class_sums, normalise_rows
+from faceclean.cleaning.filter import _checked_batches, class_sums, normalise_rows
 from faceclean.data.store import (
     as_paths,
     atomic_path,
@@ -55,16 +55,47 @@ def identities(paths) -> dict[int, str]:
     return names
 
 
-def load_store(paths) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(paths, labels, unit embeddings float32) of whole stores, in memory."""
-    out_p, out_l, out_e = [], [], []
-    for path in as_paths(paths):
-        for b in iter_embeddings(path, ("path", "label", "embedding")):
-            out_p += b["path"].tolist()
-            out_l.append(b["label"])
-            out_e.append(b["embedding"])
-    emb = normalise_rows(np.concatenate(out_e).astype(np.float64)).astype(np.float32)
-    return out_p, np.concatenate(out_l).astype(np.int64), emb
+def paths_of(embeddings, rows: np.ndarray) -> list[str]:
+    """The ``path`` of the given rows (sorted, numbered in order across the stores),
+    streaming the stores: memory holds those paths only."""
+    out, start = [], 0
+    for path in as_paths(embeddings):
+        for b in iter_embeddings(path, ("path",)):
+            n = len(b["path"])
+            lo, hi = np.searchsorted(rows, [start, start + n])
+            out += b["path"][rows[lo:hi] - start].tolist()
+            start += n
+    return out
+
+
+def unit_rows(paths) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64, unit embeddings float32) of whole stores, in memory (for the
+    evaluation side of ``image_tau``, which is small; the training side is streamed)."""
+    labels, emb = [], []
+    for b in _checked_batches(paths, ("label", "embedding"), 65536):
+        labels.append(b["label"])
+        emb.append(np.asarray(b["embedding"], np.float32))
+    return np.concatenate(labels).astype(np.int64), np.concatenate(emb)
+
+
+def image_pairs_above(
+    train, evaluation_rows: np.ndarray, tau: float, batch_rows: int = 65536
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (training row, evaluation row, cosine) above ``tau``, exactly: the training
+    stores streamed batch by batch against the evaluation embeddings (blocked BLAS), so
+    memory holds the evaluation side and one batch. Returns (rows, cols, cosines, the
+    training labels of every row)."""
+    index = InnerProductIndex(evaluation_rows, "cpu", "blas")
+    rows, cols, sims, labels, start = [], [], [], [], 0
+    for b in _checked_batches(train, ("label", "embedding"), batch_rows):
+        r, c, s = index.above(b["embedding"], tau)
+        rows.append(r + start)
+        cols.append(c)
+        sims.append(s)
+        labels.append(b["label"])
+        start += len(b["label"])
+    cat = np.concatenate
+    return cat(rows), cat(cols), cat(sims), cat(labels).astype(np.int64)
 
 
 def _comparable(train, evaluation) -> None:
@@ -110,7 +141,9 @@ def find_overlap(
         train, evaluation: embedding stores (one path or the shards of one), same dimension.
         tau: centroid cosine above which two classes are one identity.
         image_tau: also list image pairs across the stores with cosine above this (None:
-            no image search; it holds both stores' embeddings in memory).
+            no image search). Exact: the training stores are streamed against the
+            evaluation embeddings (held in memory, float32), so memory is flat in the
+            training rows; the time is N_train x N_eval x d multiply-adds.
         device, backend: the inner-product search, as in `faceclean filter`.
     """
     if not -1.0 <= tau <= 1.0 or (image_tau is not None and not -1.0 <= image_tau <= 1.0):
@@ -160,11 +193,13 @@ def find_overlap(
         "search_backend": index.device,
     }
     if image_tau is not None:
-        tp, tl, te = load_store(train)
-        ep, el, ee = load_store(evaluation)
-        r, c, s = pairs_above(InnerProductIndex(ee, device, backend), te, image_tau)
+        el, ee = unit_rows(evaluation)
+        r, c, s, tl = image_pairs_above(train, ee, image_tau)
         order = np.lexsort((c, r, -s))
         r, c, s = r[order], c[order], s[order]
+        tr, ec = np.unique(r), np.unique(c)
+        tp = dict(zip(tr.tolist(), paths_of(train, tr), strict=True))
+        ep = dict(zip(ec.tolist(), paths_of(evaluation, ec), strict=True))
         image_pairs = pa.table(
             {
                 "train_path": pa.array([tp[i] for i in r.tolist()], pa.string()),

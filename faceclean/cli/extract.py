@@ -267,9 +267,18 @@ def extract(
             f"{spec.channels}, mean {spec.mean}, std {spec.std}" + (", flip TTA" if flip else ""),
         ),
         ("batching", result.batch_mode),
+        ("model run", _batch_choice(result)),
         ("providers", ", ".join(result.providers)),
         ("time", f"{result.seconds:.1f} s, {result.images_per_second:,.1f} images/s"),
     ]
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+def _batch_choice(result) -> str:
+    """The configuration extract chose and its margin over the runner-up."""
+    t = result.batch_timings
+    if not result.batch_choice or len(t) < 2:
+        return result.batch_choice or "-"
+    return f"{result.batch_choice} (fastest: {t[0][1]:.0f} img/s; next {t[1][0]}: {t[1][1]:.0f})"

@@ -60,6 +60,8 @@ class ExtractResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     source: str = ""
+    batch_choice: str | None = None  # how the model ran (see FaceModel.tune)
+    batch_timings: list[tuple[str, float]] = field(default_factory=list)  # img/s, best first
 
     @property
     def images_per_second(self) -> float:
@@ -208,6 +210,7 @@ def extract(
     progress: bool = False,
     on_chunk: Callable[[int], None] | None = None,
     shard: tuple[int, int] | None = None,
+    tune: bool | str = "auto",
 ) -> ExtractResult:
     """Embed every image of a face dataset with an ONNX model.
 
@@ -231,6 +234,10 @@ def extract(
         on_chunk: called with the chunk number after each chunk is stored (for tests).
         shard: (i, n) extracts only slice i of n, labels those of the whole dataset (see
             :mod:`faceclean.data.sharding`).
+        tune: time the model as shipped and made-dynamic at a few batch sizes on the first
+            batch and run the fastest (:meth:`FaceModel.tune`; ``result.batch_choice``):
+            True, False, or "auto" (when the run has at least 20x the images the timing
+            runs, so that it costs under 5%).
 
     Returns:
         An :class:`ExtractResult`. Rows keep dataset order; images that fail to decode are
@@ -295,6 +302,8 @@ def extract(
                 pool, lambda b: _decode_batch(ds, b[1], spec), batches, 2 * workers
             )
             for (c, rows), (x, ok, failures, resized) in decoded:
+                if fm.batch_choice is None and len(x) and _worth_tuning(tune, fm, x, n - resumed):
+                    fm.tune(x)  # the fastest way to run the model, timed on real images
                 emb, norms = (
                     embed_batch(fm, x, flip) if len(x) else (np.empty((0, fm.dim)), np.empty(0))
                 )
@@ -339,12 +348,21 @@ def extract(
         failures=stats["failures"],
         failures_path=stats["failures_path"],
         batch_mode=fm.batch_mode,
+        batch_choice=fm.batch_choice,
+        batch_timings=list(fm.timings),
         providers=fm.providers,
         preprocessing=spec,
         seconds=time.perf_counter() - t0,
         warnings=list(ds.warnings),
         source=ds.source,
     )
+
+
+def _worth_tuning(tune: bool | str, fm: FaceModel, x: np.ndarray, images: int) -> bool:
+    """Whether to time the model's configurations on the batch ``x`` (see extract)."""
+    if tune != "auto":
+        return bool(tune)
+    return images >= 20 * 2 * len(fm.configurations(len(x))) * len(x)
 
 
 def _chunk_table(ds: FaceDataset, pieces: list, schema: pa.Schema) -> pa.Table:
