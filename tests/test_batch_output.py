@@ -99,3 +99,31 @@ def test_tables_are_full_width_in_a_log(store, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(out) in proc.stderr.replace("\n", "")
     assert str(out) in proc.stderr, "the output path was wrapped or cut"
+
+
+def test_json_never_writes_over_an_input_or_output(store, tmp_path):
+    """--json FILE wrote over the verb's own input store (and its output) and exited 0;
+    into a missing folder it was a traceback after the work was done."""
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(store.read_bytes())
+    before = copy.read_bytes()
+    out = tmp_path / "s.parquet"
+    (tmp_path / "c").mkdir()
+    cases = [
+        (["filter", str(copy), "-o", str(out), "--json", str(copy)], "is also"),
+        (["filter", str(store), "-o", str(out), "--json", str(out)], "is also"),
+        (
+            ["clean", str(store), "-o", str(tmp_path / "c"), "--overwrite"]
+            + ["--json", str(tmp_path / "c" / "summary.json")],
+            "is also",
+        ),
+        (
+            ["filter", str(store), "-o", str(out), "--json", str(tmp_path / "no" / "x.json")],
+            "its folder does not exist",
+        ),
+    ]
+    for args, message in cases:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and message in r.output, r.output
+        assert r.output.strip().count("\n") == 0
+    assert copy.read_bytes() == before and not out.exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -74,6 +75,39 @@ _JSON_KEY = "faceclean.json"
 _SUMMARIES_KEY = "faceclean.summaries"
 
 
+def _given_paths(ctx: click.Context) -> list[Path]:
+    """Every path the verb was given (inputs and outputs), from its parsed parameters."""
+    out = []
+    for name, value in ctx.params.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        out += [Path(v) for v in values if isinstance(v, Path) and name != "json_path"]
+    return out
+
+
+def _check_json_target(ctx: click.Context) -> None:
+    """``--json`` is refused before any work when it would write over one of the verb's
+    inputs or outputs (or into an output folder), or when its folder does not exist."""
+    target = ctx.meta.get(_JSON_KEY)
+    if target is None or str(target) == "-":
+        return
+    target = Path(target)
+    if not target.parent.resolve().is_dir():
+        raise click.BadParameter(f"{target}: its folder does not exist", param_hint="'--json'")
+    if target.is_dir():
+        raise click.BadParameter(f"{target} is a folder", param_hint="'--json'")
+    resolved = target.resolve()
+    for given in _given_paths(ctx):
+        same = given.resolve() == resolved
+        if not same and target.exists() and given.exists():
+            same = os.path.samefile(given, target)
+        if same or given.resolve() in resolved.parents:
+            raise click.BadParameter(
+                f"{target} is also {given} (an input or output of this command, or inside "
+                "it); write the summary elsewhere",
+                param_hint="'--json'",
+            )
+
+
 def _remember_json(ctx: click.Context, param, value):
     if value is not None:
         ctx.meta[_JSON_KEY] = value
@@ -107,6 +141,7 @@ class OneLineUsage(click.Command):
             raise
 
     def invoke(self, ctx):
+        _check_json_target(ctx)
         try:
             return super().invoke(ctx)
         except click.UsageError as e:  # checks between options, made in the verb's body
