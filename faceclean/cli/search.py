@@ -16,6 +16,12 @@ _POS = click.IntRange(min=1)
 _NONNEG = click.IntRange(min=0)
 
 
+def _noise_seeds(ctx, param, value: int) -> int:
+    if value == 1:
+        raise click.BadParameter("1 seed cannot measure noise; use >= 2, or 0 to skip")
+    return value
+
+
 @main.command("search", cls=OneLineUsage)
 @click.argument("embeddings", type=click.Path(path_type=Path))
 @click.option(
@@ -175,6 +181,21 @@ _NONNEG = click.IntRange(min=0)
     "cleanings and trial runs are deleted).",
 )
 @click.option(
+    "--signal-seeds",
+    default=3,
+    type=click.IntRange(min=0),
+    callback=_noise_seeds,
+    show_default=True,
+    help="Before searching, train the baseline combination and the space's centre at this "
+    "many seeds, measure the trial noise σ and compare ACC with chance; stop when the trials "
+    "measure only noise (0: skip the check; 1 cannot measure noise).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Search even when the signal check finds no signal above noise and chance.",
+)
+@click.option(
     "--ray-address",
     help="Run trials as Ray tasks on this cluster ('local': a "
     "local Ray instance); one GPU per trial when the cluster has GPUs.",
@@ -210,6 +231,8 @@ def search_cmd(
     seed,
     resume,
     overwrite,
+    signal_seeds,
+    force,
     ray_address,
 ):
     """Jointly search cleaning thresholds, margin loss and backbone (RL controller + PPO)."""
@@ -240,6 +263,8 @@ def search_cmd(
         },
         trial_identities=trial_identities,
         overwrite=overwrite,
+        signal_seeds=signal_seeds,
+        force=force,
         controller={
             "controller_lr": controller_lr,
             "ppo_epochs": ppo_epochs,

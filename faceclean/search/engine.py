@@ -39,6 +39,7 @@ from faceclean.search.controller import PPO, Controller, one_thread
 from faceclean.search.defaults import DEFAULTS, METHODS
 from faceclean.search.methods import GaussianSearch, make_pool, run_trial, tpe_study
 from faceclean.search.predictor import screen
+from faceclean.search.signal import run_signal_check
 from faceclean.search.space import TOKENS, SearchSpace, difficulty
 from faceclean.search.state import load_state, save_state
 from faceclean.search.trial_log import append_record, read_log
@@ -57,6 +58,7 @@ class SearchResult:
     run_dir: Path
     trials: list[dict]
     entropy: list[float]
+    signal: dict | None = None  # the signal check (faceclean.search.signal), when run
 
     def top(self, k: int = 5) -> list[dict]:
         ok = [t for t in self.trials if t["error"] is None]
@@ -87,6 +89,9 @@ def search(
     gpus_per_trial: float = 1.0,
     fingerprints: dict | None = None,
     ppo_options: dict | None = None,
+    signal_seeds: int = 0,
+    force: bool = False,
+    on_signal: Callable[[dict], None] | None = None,
 ) -> SearchResult:
     """Run (or resume) a search of ``steps`` x ``batch`` trials; see the module docstring.
 
@@ -98,6 +103,9 @@ def search(
     (clip, target_kl, entropy_floor, advantage) go to :class:`PPO`, for experiments, but
     "predictor" ("kernel", the default, or "ridge"), which picks the screening predictor.
     ``proposals`` (>= 1) is how many combinations per trial PPO draws for the screening.
+    ``signal_seeds`` (0: off, else >= 2) runs the signal check of
+    :mod:`faceclean.search.signal` first (its verdict goes to ``on_signal`` and into the
+    result); a failed check raises FacecleanError with its one-line reason unless ``force``.
     """
     if method not in METHODS:
         raise FacecleanError(f"unknown search method {method!r}; use {', '.join(METHODS)}")
@@ -105,11 +113,20 @@ def search(
         raise FacecleanError("steps, batch, workers, ppo_epochs and proposals must be >= 1")
     if not (math.isfinite(alpha) and math.isfinite(controller_lr) and controller_lr > 0):
         raise FacecleanError("alpha must be finite and the controller lr > 0")
+    if signal_seeds == 1 or signal_seeds < 0:
+        raise FacecleanError("the signal check needs >= 2 seeds to measure noise (0: no check)")
     run_dir = Path(run_dir)
     state_path, log_path = run_dir / "state.pt", run_dir / "trials.jsonl"
     if (state_path.exists() or log_path.exists()) and not resume:
         raise FacecleanError("holds a search already; pass --resume to continue it", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    signal = None
+    if signal_seeds:
+        signal = run_signal_check(space, trial_fn, run_dir, signal_seeds, seed, fingerprints)
+        if on_signal:
+            on_signal(signal)
+        if not signal["passed"] and not force:
+            raise FacecleanError(signal["message"], run_dir)
     torch.manual_seed(seed)
     controller = Controller(space.sizes)
     ppo_options = dict(ppo_options or {})
@@ -239,7 +256,8 @@ def search(
     finally:
         if pool is not None:
             pool.shutdown()
-    return SearchResult(run_dir, sorted(done.values(), key=lambda t: t["trial"]), entropies)
+    trials = sorted(done.values(), key=lambda t: t["trial"])
+    return SearchResult(run_dir, trials, entropies, signal)
 
 
 def _sample(method: str, warmup: bool, batch: int, space: SearchSpace, rng):

@@ -29,6 +29,28 @@ from faceclean.training.train import evaluate_run, train
 from faceclean.training.verification import FARS
 
 
+def acc_weights(n: int) -> list[float]:
+    """The paper's ACC weights: 0.5/0.25/0.25 for three FARs, else equal."""
+    return [0.5, 0.25, 0.25] if n == 3 else [1 / n] * n
+
+
+def resolved_acc(
+    fars: tuple[float, ...], tars: list[float], resolved: list[bool]
+) -> tuple[float, dict[str, float], float]:
+    """(ACC, {far: weight}, chance ACC) over the FARs the validation set resolves (>= 1
+    impostor pair per 1/FAR): the others are left out and the weights renormalised, instead
+    of counting a TAR no threshold can measure. Chance ACC is the ACC of random scores (TAR
+    = FAR) with the same weights. When no FAR is resolved, all are kept (the weights
+    returned say which were used)."""
+    base = acc_weights(len(fars))
+    keep = [i for i, ok in enumerate(resolved) if ok] or list(range(len(fars)))
+    total = sum(base[i] for i in keep)
+    weights = {f"{fars[i]:g}": base[i] / total for i in keep}
+    acc = sum(base[i] / total * tars[i] for i in keep)
+    chance = sum(base[i] / total * fars[i] for i in keep)
+    return float(acc), weights, float(chance)
+
+
 @dataclass
 class FaceTrial:
     """A picklable trial function ``(combo, seed) -> {acc, macs, ...}``.
@@ -110,11 +132,15 @@ class FaceTrial:
         summary = train(cfg, run)
         scores = evaluate_run(run, self.val, self.fars)
         tars = [scores[f"tar@far={f:g}"] for f in self.fars]
-        weights = (0.5, 0.25, 0.25) if len(tars) == 3 else [1 / len(tars)] * len(tars)
+        resolved = [scores[f"resolved@far={f:g}"] for f in self.fars]
+        acc, weights, chance = resolved_acc(self.fars, tars, resolved)
         model = build_backbone(cfg)
         clean_summary = read_clean_summary(Path(cfg.clean_list).parent)
         return {
-            "acc": float(sum(w * t for w, t in zip(weights, tars, strict=True))),
+            "acc": acc,
+            "chance_acc": chance,
+            "acc_weights": weights,
+            "impostor_pairs": scores["impostor_pairs"],
             "tars": {f"{f:g}": t for f, t in zip(self.fars, tars, strict=True)},
             "macs": count_macs(model),
             "params": sum(p.numel() for p in model.parameters()),
