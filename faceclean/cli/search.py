@@ -117,6 +117,27 @@ def _noise_seeds(ctx, param, value: int) -> int:
     "predictor fitted on every finished trial rates best (1: run the policy's draws).",
 )
 @click.option(
+    "--explore",
+    default=0.0,
+    type=Finite(0, 1, max_open=True),
+    show_default=True,
+    help="PPO's share of each batch (after the warm-up) drawn uniformly among untried "
+    "combinations, unscreened: insurance against a narrow optimum the controller misses.",
+)
+@click.option(
+    "--fidelity",
+    is_flag=True,
+    help="Multi-fidelity search: successive halving (eta 3, 3 rungs): each bracket trains 9 B "
+    "combinations for 1/9 of --max-steps, the best 3 B for 1/3, the best B for all of it; "
+    "the controller (or random/TPE) proposes the first rung. Each trial logs its budget.",
+)
+@click.option(
+    "--max-cost",
+    type=Finite(0, 1e9, min_open=True),
+    help="Stop once the trials' summed budgets reach this many full trials "
+    "(each trial costs 1 without --fidelity); --steps still bounds the search.",
+)
+@click.option(
     "--workers",
     default=1,
     type=click.IntRange(1, 1024),
@@ -216,6 +237,9 @@ def search_cmd(
     entropy,
     warmup_trials,
     proposals,
+    explore,
+    fidelity,
+    max_cost,
     workers,
     gpus_per_trial,
     input_size,
@@ -272,6 +296,9 @@ def search_cmd(
             "warmup_trials": warmup_trials,
             "proposals": proposals,
             "gpus_per_trial": gpus_per_trial,
+            "explore": explore,
+            "fidelity": fidelity,
+            "max_cost": max_cost,
         },
         fars=tuple(fars),
         retrain_top=retrain_top,

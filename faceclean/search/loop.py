@@ -16,6 +16,7 @@ from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import output_lock, refuse_inputs
 from faceclean.search.engine import DEFAULTS, METHODS, SearchResult, reward, search
+from faceclean.search.fidelity import spent
 from faceclean.search.signal import ties
 from faceclean.search.space import TOKENS
 from faceclean.search.trial_log import read_log
@@ -121,8 +122,9 @@ def run_search(
     """The CLI's search: real trials (:class:`faceclean.search.trial.FaceTrial`), a live
     status table, plots, and optionally the top-k combinations re-trained for longer.
     ``controller`` holds keyword arguments of :func:`search` (controller_lr, ppo_epochs,
-    entropy, warmup_trials, proposals, gpus_per_trial). ``trial_identities`` (proxy mode)
-    trains each trial on a subset of that many identities drawn with ``seed``; with
+    entropy, warmup_trials, proposals, gpus_per_trial, explore, fidelity, max_cost); with
+    ``fidelity`` a trial's budget b trains round(b x max_steps) steps. ``trial_identities``
+    (proxy mode) trains each trial on a subset of that many identities drawn with ``seed``; with
     ``train_kwargs["max_steps"]`` a trial is a fixed number of SGD steps. An ``output``
     that holds a search needs ``resume`` or ``overwrite`` (which deletes that search).
     ``signal_seeds`` (0: off; the CLI's default 3) runs the signal check first and stops
@@ -148,6 +150,9 @@ def run_search(
             "validation set": file_fingerprint(val),
         }
         kwargs = dict(train_kwargs or {})
+        options = dict(controller or {})
+        if options.get("fidelity") and not kwargs.get("max_steps"):
+            raise FacecleanError("--fidelity maps each trial's budget to --max-steps: give it")
         trial = FaceTrial(
             str(embeddings),
             str(val),
@@ -187,7 +192,8 @@ def run_search(
             from rich.table import Table
 
             ok = [t for t in seen if t["error"] is None]
-            best = max(ok, key=lambda t: t["reward"], default=None)
+            full = [t for t in ok if t.get("budget", 1.0) == 1.0]  # multi-fidelity: trusted
+            best = max(full, key=lambda t: t["reward"], default=None)
             recent = [t["acc"] for t in ok[-2 * batch :]]
             step_now = seen[-1]["step"] if seen else 0
             in_step = sum(1 for t in seen if t["step"] == step_now)
@@ -200,6 +206,13 @@ def run_search(
                 f"({max(1, workers)} at a time)",
             )
             table.add_row("failed", str(len(seen) - len(ok)))
+            if options.get("fidelity") or options.get("max_cost"):
+                cap = options.get("max_cost")
+                table.add_row(
+                    "cost (full trials)",
+                    f"{spent(seen):.2f}" + (f" / {cap:g}" if cap else "")
+                    + (f"; last trial's budget {seen[-1].get('budget', 1.0):.3g}" if seen else ""),
+                )  # fmt: skip
             table.add_row(
                 "best reward",
                 "-"
@@ -265,7 +278,7 @@ def run_search(
                 signal_seeds=signal_seeds,
                 force=force,
                 on_signal=on_signal,
-                **(controller or {}),
+                **options,
             )
         finally:
             if live is not None:

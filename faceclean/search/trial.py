@@ -51,6 +51,15 @@ def resolved_acc(
     return float(acc), weights, float(chance)
 
 
+def budget_steps(max_steps: int | None, budget: float) -> int:
+    """The SGD steps of a trial of ``budget`` (share of a full trial of ``max_steps``)."""
+    if max_steps is None:
+        raise FacecleanError("a multi-fidelity search (--fidelity) needs --max-steps")
+    if not 0 < budget <= 1:
+        raise FacecleanError(f"a trial's budget must be in (0, 1], got {budget}")
+    return max(1, round(budget * max_steps))
+
+
 @dataclass
 class FaceTrial:
     """A picklable trial function ``(combo, seed) -> {acc, macs, ...}``.
@@ -112,9 +121,12 @@ class FaceTrial:
             pq.write_table(table, tmp)
         return out
 
-    def config(self, combo: dict, seed: int) -> TrainConfig:
+    def config(self, combo: dict, seed: int, budget: float | None = None) -> TrainConfig:
         root = self.data_root or read_metadata(self.embeddings).get("dataset")
         loss = {k: combo[k] for k in ("m1", "m2", "m3", "s_p", "s_n")}
+        kwargs = dict(self.train_kwargs)
+        if budget is not None:
+            kwargs["max_steps"] = budget_steps(kwargs.get("max_steps"), budget)
         return TrainConfig(
             clean_list=str(self.clean_list(combo["tau_intra"], combo["tau_inter"])),
             data_root=root,
@@ -123,11 +135,15 @@ class FaceTrial:
             loss="unified",
             loss_kwargs=loss,
             seed=seed,
-            **self.train_kwargs,
+            **kwargs,
         )
 
-    def __call__(self, combo: dict, seed: int, run_name: str | None = None) -> dict:
-        cfg = self.config(combo, seed)
+    def __call__(
+        self, combo: dict, seed: int, run_name: str | None = None, budget: float | None = None
+    ) -> dict:
+        """Clean, train and score one combination; ``budget`` (multi-fidelity search, in (0,
+        1]) trains round(budget x max_steps) steps instead of max_steps."""
+        cfg = self.config(combo, seed, budget)
         run = Path(self.work_dir) / "trials" / (run_name or f"seed{seed}")
         summary = train(cfg, run)
         scores = evaluate_run(run, self.val, self.fars)
@@ -147,7 +163,7 @@ class FaceTrial:
             "clean_rows": clean_summary["clean_rows"],
             "clean_classes": clean_summary["clean_classes"],
             "train_steps": summary["steps"],
-            "max_steps": self.train_kwargs.get("max_steps"),
+            "max_steps": cfg.max_steps,
             "trial_identities": self.identities,
             "run_dir": str(run),
         }
