@@ -118,3 +118,67 @@ def test_budget_maps_to_training_steps():
     assert budget_steps(5, 1 / 9) == 1  # never 0 steps
     with pytest.raises(FacecleanError, match="--max-steps"):
         budget_steps(None, 0.5)
+
+
+class Levels:
+    """ACC = a combination's own quality at full and 1/3 budget (plus a little noise), pure
+    noise at 1/9: the 1/3 level ranks like full training, the 1/9 level does not."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, combo, seed, budget):
+        self.calls += 1
+        quality = combo["tau_intra"] + combo["m2"] + 0.1 * combo["depth"]
+        noise = np.random.default_rng(seed).normal(0, 1)
+        acc = noise if budget < 0.2 else quality + 0.01 * noise
+        return {"acc": float(acc), "macs": 1.0}
+
+
+def test_fidelity_check_finds_the_cheapest_level_that_ranks_like_the_full_one(tmp_path):
+    from faceclean.search.fidelity_check import check_fidelity
+
+    trial = Levels()
+    result = check_fidelity(load_space(), trial, tmp_path, combos=12, seed=4)
+    assert trial.calls == 36
+    by_budget = {round(lv["budget"], 4): lv for lv in result["levels"]}
+    assert not by_budget[0.1111]["holds"] and abs(by_budget[0.1111]["rho"]) < 0.6
+    assert by_budget[0.3333]["holds"] and by_budget[0.3333]["rho"] > 0.9
+    lo, hi = by_budget[0.3333]["interval"]
+    assert 0 < lo <= by_budget[0.3333]["rho"] <= hi <= 1
+    assert result["cheapest"] == pytest.approx(1 / 3)
+    again = check_fidelity(load_space(), trial, tmp_path, combos=12, seed=4)
+    assert trial.calls == 36 and again["cheapest"] == result["cheapest"]  # read back
+
+
+def test_spearman_matches_scipy_with_ties():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from faceclean.search.fidelity_check import spearman
+
+    a, b = [1, 2, 2, 5, 3, 9], [2, 1, 3, 3, 8, 7]
+    assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_cli_check_fidelity_reports_rho_and_the_cheapest_level(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from helpers import one_error_line
+
+    import faceclean.search.trial
+    from faceclean.cli import main
+
+    def fake(self, combo, seed, run_name=None, budget=None):
+        steps = budget_steps(self.train_kwargs["max_steps"], budget)
+        return Levels()(combo, seed, budget) | {"train_steps": steps}
+
+    monkeypatch.setattr(faceclean.search.trial.FaceTrial, "__call__", fake)
+    (tmp_path / "e.parquet").write_bytes(b"x")
+    (tmp_path / "val").mkdir()
+    base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path / "val"), "-o",
+            str(tmp_path / "run"), "--check-fidelity", "--fidelity-combos", "10"]  # fmt: skip
+    one_error_line(CliRunner().invoke(main, base), "--max-steps")
+    result = CliRunner().invoke(main, [*base, "--max-steps", "90"])
+    assert result.exit_code == 0, result.output
+    assert "cheapest fidelity whose ranking holds: 30 steps" in result.output
+    assert (tmp_path / "run" / "fidelity" / "fidelity.json").exists()
+    assert not (tmp_path / "run" / "trials.jsonl").exists()  # a check, not a search

@@ -202,6 +202,20 @@ def _noise_seeds(ctx, param, value: int) -> int:
     "cleanings and trial runs are deleted).",
 )
 @click.option(
+    "--check-fidelity",
+    is_flag=True,
+    help="Instead of searching: train --fidelity-combos random combinations at 1/9, 1/3 and "
+    "all of --max-steps and report how well each cheap level ranks them like the full one "
+    "(Spearman rho, bootstrap interval) and the cheapest level whose ranking holds.",
+)
+@click.option(
+    "--fidelity-combos",
+    default=8,
+    type=click.IntRange(3, 10_000),
+    show_default=True,
+    help="Combinations the fidelity check trains at every level.",
+)
+@click.option(
     "--signal-seeds",
     default=3,
     type=click.IntRange(min=0),
@@ -255,6 +269,8 @@ def search_cmd(
     seed,
     resume,
     overwrite,
+    check_fidelity,
+    fidelity_combos,
     signal_seeds,
     force,
     ray_address,
@@ -264,6 +280,24 @@ def search_cmd(
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    train_kwargs = {
+        "input_size": input_size,
+        "embedding_size": embedding_size,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "workers": 0,
+    }
+    if check_fidelity:
+        from faceclean.search.fidelity_check import run_fidelity_check
+
+        run_fidelity_check(
+            embeddings, val, output, data_root=data, aspects=aspects, space_file=space_file,
+            train_kwargs=train_kwargs, fars=tuple(fars), trial_identities=trial_identities,
+            combos=fidelity_combos, seed=seed, console=console,
+        )  # fmt: skip
+        return
     run_search(
         embeddings,
         val,
@@ -276,15 +310,7 @@ def search_cmd(
         method=method,
         alpha=alpha,
         workers=workers,
-        train_kwargs={
-            "input_size": input_size,
-            "embedding_size": embedding_size,
-            "epochs": epochs,
-            "max_steps": max_steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "workers": 0,
-        },
+        train_kwargs=train_kwargs,
         trial_identities=trial_identities,
         overwrite=overwrite,
         signal_seeds=signal_seeds,
