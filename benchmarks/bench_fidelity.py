@@ -102,6 +102,12 @@ def main() -> None:
     ap.add_argument("--explore", type=float, default=0.0, help="PPO's uniform share")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--reference",
+        type=Path,
+        help="bench_search.py --json output: its PPO runs (same seeds, objectives and "
+        "--explore) stand in for the ppo-400 arm instead of running it again",
+    )
     args = ap.parse_args()
     arms = args.arms.split(",")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -113,6 +119,15 @@ def main() -> None:
     ]
     t0 = time.perf_counter()
     runs = run_all(run_arm, tasks, args.jobs)
+    if args.reference:
+        ref = json.loads(args.reference.read_text())
+        wanted = {(t[0], t[1]) for t in tasks}
+        for r in ref["runs"]:
+            if r["method"] == "ppo" and (r["objective"], r["seed"]) in wanted:
+                best = max(r["true_reward"][:400])
+                key = {"objective": r["objective"], "seed": r["seed"], "arm": "ppo-400"}
+                runs.append(key | {"best": best, "cost": 400.0, "trials": 400, "full_trials": 400})
+        arms = ["ppo-400", *[a for a in arms if a != "ppo-400"]]
     print(
         f"{args.seeds} seeds, cost {args.cost:g} for the -mf arms, PPO explore "
         f"{args.explore:g}; {time.perf_counter() - t0:.0f} s (nice, shared 2-core machine)"
@@ -125,6 +140,8 @@ def main() -> None:
         }
         for arm in arms:
             sel = [r for r in runs if r["objective"] == name and r["arm"] == arm]
+            if not sel:
+                continue
             best = np.array([r["best"] for r in sel])
             q1, med, q3 = np.quantile(best, [0.25, 0.5, 0.75])
             wins = sum(r["best"] >= ref[r["seed"]] for r in sel if r["seed"] in ref)

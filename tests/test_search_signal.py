@@ -49,6 +49,7 @@ def test_chance_level_trials_stop_the_search_and_force_goes_on(tmp_path):
     )
     assert chance_trials.calls == 6 + 4  # the check was read back, not run again
     assert len(forced.trials) == 4 and forced.signal["sigma"] == verdict["sigma"]
+    assert all(t["trial_sigma"] == verdict["sigma"] for t in forced.trials)  # in the log
 
 
 def test_a_learning_trial_passes_and_its_noise_is_measured(tmp_path):

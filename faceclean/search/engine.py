@@ -287,6 +287,8 @@ def search(
                     "seed": seeds[i],
                     **out,
                 }
+                if signal:  # the trial noise measured before the search, in every line
+                    record["trial_sigma"] = signal["sigma"]
                 if schedule:
                     record |= {
                         "budget": schedule.budget(rung),
