@@ -153,7 +153,8 @@ def main() -> None:
                 f"({np.mean([r['full_trials'] for r in sel]):.0f})"
             )
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": None}, "runs": runs}))
+        given = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        args.json.write_text(json.dumps({"args": given, "runs": runs}))
 
 
 if __name__ == "__main__":
