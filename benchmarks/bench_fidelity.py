@@ -144,10 +144,12 @@ def main() -> None:
                 continue
             best = np.array([r["best"] for r in sel])
             q1, med, q3 = np.quantile(best, [0.25, 0.5, 0.75])
-            wins = sum(r["best"] >= ref[r["seed"]] for r in sel if r["seed"] in ref)
+            paired = [r for r in sel if r["seed"] in ref]
+            wins = sum(r["best"] >= ref[r["seed"]] for r in paired)
+            versus = f"{wins:>2}/{len(paired)}" if paired else "    -"
             print(
                 f"               {arm:<12} {med:.4f} [{q1:.4f}, {q3:.4f}]"
-                f"                      {wins:>2}/{len(sel)}"
+                f"                      {versus}"
                 f"          {np.mean([r['cost'] for r in sel]):5.0f}  "
                 f"{np.mean([r['trials'] for r in sel]):4.0f} "
                 f"({np.mean([r['full_trials'] for r in sel]):.0f})"
