@@ -72,6 +72,10 @@ def test_the_check_is_off_by_default_and_refuses_one_seed(tmp_path):
     trials = Counted(0.003, 0.001)
     result = search(load_space(), trials, tmp_path / "a", steps=1, batch=2)
     assert trials.calls == 2 and result.signal is None
+    # Resuming a search started without the check does not run (or fail) it now.
+    kw = dict(steps=2, batch=2, resume=True, signal_seeds=3)
+    resumed = search(load_space(), trials, tmp_path / "a", **kw)
+    assert trials.calls == 4 and resumed.signal is None
     with pytest.raises(FacecleanError, match=">= 2 seeds"):
         search(load_space(), trials, tmp_path / "b", steps=1, batch=2, signal_seeds=1)
 

@@ -150,7 +150,8 @@ def search(
         raise FacecleanError("holds a search already; pass --resume to continue it", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     signal = None
-    if signal_seeds:
+    # A resumed search that was started without the check is not stopped by one now.
+    if signal_seeds and (not resume or (run_dir / "signal.json").exists()):
         signal = run_signal_check(
             space, trial_fn, run_dir, signal_seeds, seed, fingerprints,
             {"budget": 1.0} if fidelity else None,
