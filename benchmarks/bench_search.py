@@ -20,7 +20,7 @@ are the 100-trial run: budgets are prefixes of one run per seed.
         [--uniform-proposals]   (ablation: screening without the policy)
 
 ``--objectives dev`` runs faceclean.search.surrogate.SurrogateObjective (noise 0.01): the
-objective the controller's defaults were chosen on, kept apart from the three above.
+objective the controller's defaults were chosen on, kept apart from the four above.
 """
 
 from __future__ import annotations

@@ -182,3 +182,18 @@ def test_cli_check_fidelity_reports_rho_and_the_cheapest_level(tmp_path, monkeyp
     assert "cheapest fidelity whose ranking holds: 30 steps" in result.output
     assert (tmp_path / "run" / "fidelity" / "fidelity.json").exists()
     assert not (tmp_path / "run" / "trials.jsonl").exists()  # a check, not a search
+
+
+def test_a_face_trial_trains_its_budget_share_of_max_steps(tmp_path):
+    from test_search_cli import _store
+
+    from faceclean.search.space import BASELINE
+    from faceclean.search.trial import FaceTrial
+
+    store, val_dir, train_dir = _store(tmp_path)
+    trial = FaceTrial(str(store), str(val_dir), str(tmp_path / "w"), str(train_dir),
+                      {"max_steps": 9, "input_size": 56})  # fmt: skip
+    combo = dict(BASELINE)
+    assert trial.config(combo, 0, budget=1 / 3).max_steps == 3
+    assert trial.config(combo, 0, budget=1 / 9).max_steps == 1
+    assert trial.config(combo, 0).max_steps == 9  # no budget: today's trial
