@@ -1,25 +1,26 @@
 """Does the search learn? Every method run exactly as `faceclean search` runs it (the loop
 `faceclean.search.search` with the CLI's defaults: batch, alpha, controller lr, PPO epochs,
 entropy, warm-up; TPE batched: ask B, tell B) on the objectives of search_objectives.py
-(coupled, rugged, deceptive; each seed is a different instance), with the reward
+(coupled, rugged, deceptive, needle; each seed is a different instance), with the reward
 R = ACC * MACs^alpha.
 
 For each objective, method and budget (trials), over seeds: the best true (noiseless) reward
 among the sampled trials, median [IQR]; the trials to the top 1% of the space (threshold
 from 200,000 uniform samples), median (seeds that reached it); the rise of the moving
 average, mean reward of the last 50 trials of the budget minus the first 50; and for the
-deceptive objective, in how many seeds a trial landed in the narrow joint region. No
+deceptive and needle objectives, in how many seeds a trial landed in the narrow joint
+region. No
 method's schedule depends on the total budget, so the first 100 trials of a 400-trial run
 are the 100-trial run: budgets are prefixes of one run per seed.
 
     nice -n 10 python benchmarks/bench_search.py [--seeds 20] [--budgets 100,200,400]
         [--methods ppo,random,tpe,gaussian] [--objectives coupled,rugged,deceptive]
-        [--jobs 1] [--json out.json] [--controller-lr X --ppo-epochs N --entropy X
+        [--jobs 1] [--json out.json] [--explore X] [--controller-lr X --ppo-epochs N --entropy X
         --warmup-trials N --proposals K --batch B]   (overrides: only for measuring other settings)
         [--uniform-proposals]   (ablation: screening without the policy)
 
 ``--objectives dev`` runs faceclean.search.surrogate.SurrogateObjective (noise 0.01): the
-objective the controller's defaults were chosen on, kept apart from the three above.
+objective the controller's defaults were chosen on, kept apart from the four above.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_objectives import OBJECTIVES, Deceptive, Objective  # noqa: E402
+from search_objectives import OBJECTIVES, Objective  # noqa: E402
 
 from faceclean.search.loop import DEFAULTS, search  # noqa: E402
 from faceclean.search.space import TOKENS, load_space  # noqa: E402
@@ -114,6 +115,7 @@ def run_one(task: tuple) -> dict:
             alpha=settings["alpha"],
             target_macs=1.0,
             ppo_options=settings.get("ppo_options"),
+            explore=settings.get("explore", 0.0) if method == "ppo" else 0.0,
             **ppo,
         )
         wall = time.perf_counter() - t0
@@ -131,6 +133,14 @@ def run_one(task: tuple) -> dict:
     }
 
 
+def run_all(fn, tasks: list, jobs: int) -> list:
+    """``fn`` on every task, in ``jobs`` spawned processes when > 1 (in order)."""
+    if jobs > 1:
+        with get_context("spawn").Pool(jobs) as pool:
+            return pool.map(fn, tasks, chunksize=1)
+    return [fn(t) for t in tasks]
+
+
 def summarise(runs: list[dict], thresholds: dict, budgets: list[int]) -> list[str]:
     lines = []
     q = lambda v: f"{np.median(v):.4f} [{np.quantile(v, 0.25):.4f}, {np.quantile(v, 0.75):.4f}]"  # noqa: E731
@@ -140,7 +150,7 @@ def summarise(runs: list[dict], thresholds: dict, budgets: list[int]) -> list[st
             lines.append(
                 f"  budget {budget}: method    best true reward median [IQR]     "
                 "to top 1% median (reached)  MA rise median [IQR]"
-                + ("   deceptive optimum found" if name == "deceptive" else "")
+                + ("   narrow optimum found" if hasattr(OBJECTIVES.get(name), "found") else "")
             )
             for method in dict.fromkeys(r["method"] for r in runs):
                 sel = [r for r in runs if r["objective"] == name and r["method"] == method]
@@ -162,10 +172,9 @@ def summarise(runs: list[dict], thresholds: dict, budgets: list[int]) -> list[st
                     f"             {method:<8} {q(best):<34} "
                     f"{to_top:>6.0f} ({len(reached):>2}/{len(sel)})          {q(rise)}"
                 )
-                if name == "deceptive":
-                    found = sum(
-                        any(Deceptive.found(a) for a in r["true_acc"][:budget]) for r in sel
-                    )
+                if hasattr(OBJECTIVES.get(name), "found"):
+                    found_in = OBJECTIVES[name].found
+                    found = sum(any(found_in(a) for a in r["true_acc"][:budget]) for r in sel)
                     line += f"   {found}/{len(sel)}"
                 lines.append(line)
     return lines
@@ -177,7 +186,7 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--budgets", default="100,200,400")
     ap.add_argument("--methods", default="ppo,random,tpe,gaussian")
-    ap.add_argument("--objectives", default="coupled,rugged,deceptive")
+    ap.add_argument("--objectives", default="coupled,rugged,deceptive,needle")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--json", type=Path)
     ap.add_argument(
@@ -200,6 +209,12 @@ def main() -> None:
             "--" + key.replace("_", "-"), type=type(DEFAULTS[key]), default=DEFAULTS[key]
         )
     ap.add_argument(
+        "--explore",
+        type=float,
+        default=0.0,
+        help="PPO's share of each batch drawn uniformly (search(..., explore=X))",
+    )
+    ap.add_argument(
         "--uniform-proposals",
         action="store_true",
         help="ablation: PPO's proposals drawn uniformly, not from the policy",
@@ -211,6 +226,8 @@ def main() -> None:
         settings["ppo_options"] = args.ppo_options
     if args.uniform_proposals:
         settings["uniform_proposals"] = True
+    if args.explore:
+        settings["explore"] = args.explore
     space = load_space()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     names = args.objectives.split(",")
@@ -226,11 +243,7 @@ def main() -> None:
         for m in args.methods.split(",")
     ]
     t0 = time.perf_counter()
-    if args.jobs > 1:
-        with get_context("spawn").Pool(args.jobs) as pool:
-            runs = pool.map(run_one, tasks, chunksize=1)
-    else:
-        runs = [run_one(t) for t in tasks]
+    runs = run_all(run_one, tasks, args.jobs)
     print(
         f"settings {json.dumps(settings)}; {args.seeds} seeds; budgets {budgets}; "
         f"{time.perf_counter() - t0:.0f} s"

@@ -1,4 +1,4 @@
-"""Three cheap objectives shaped like the paper's search problem, for bench_search.py.
+"""Four cheap objectives shaped like the paper's search problem, for bench_search.py.
 
 Each takes a combination of the default space (nine tokens) and returns {"acc", "macs",
 "true_acc"}: ``acc`` is noisy (like a trial's ACC on a finite validation set), ``true_acc``
@@ -18,6 +18,9 @@ token indices scaled to u in [0, 1]. The shapes follow the paper's argument:
   the reward, so single-token greedy search stays on the background. ``found(true_acc)``
   says a trial was inside the narrow region (true_acc > 0.82 > the background's maximum).
 
+- ``needle`` (added for issue 18, fixed before any method ran on it): a narrow joint box in
+  three tokens that uniform search finds (p = 0.0077 per draw) behind a broad background.
+
 The parameters were fixed before any method was run on them, and not changed after.
 """
 
@@ -30,6 +33,9 @@ import numpy as np
 from faceclean.search.space import TOKENS, SearchSpace
 
 NOISE = 0.005  # sd of acc: about one wrong pair in 200 on a small validation set
+# How much a short trial (budget b < 1) under-rates big models and hard losses: by
+# SHORT_BIAS * (1 - b) at the largest of both (fixed for issue 18 before any method ran).
+SHORT_BIAS = 0.1
 
 
 class Objective:
@@ -54,10 +60,18 @@ class Objective:
     def true_reward(self, idx: np.ndarray, alpha: float) -> np.ndarray:
         return self.acc(self.indices_to_unit(idx)) * self.macs(idx) ** alpha
 
-    def __call__(self, combo: dict, seed: int) -> dict:
+    def __call__(self, combo: dict, seed: int, budget: float = 1.0) -> dict:
+        """A trial: ``acc`` observed at ``budget`` (a share of a full trial, in (0, 1]): the
+        noise grows as NOISE / sqrt(budget), and a short trial favours small models and easy
+        losses as short training does, by SHORT_BIAS * (1 - budget) * (model size + loss
+        hardness) / 2 (both in [0, 1]). ``true_acc`` is the full, noiseless value."""
         idx = np.asarray([[self.space.choices[t].index(combo[t]) for t in TOKENS]])
-        true = float(self.acc(self.indices_to_unit(idx))[0])
-        noisy = true + float(np.random.default_rng(seed).normal(0, NOISE))
+        u = self.indices_to_unit(idx)
+        true = float(self.acc(u)[0])
+        _, h, z = _hardness(u)
+        bias = SHORT_BIAS * (1 - budget) * float(z[0] + h[0]) / 2
+        noise = NOISE / np.sqrt(budget)
+        noisy = true - bias + float(np.random.default_rng(seed).normal(0, noise))
         return {"acc": noisy, "macs": float(self.macs(idx)[0]), "true_acc": true}
 
 
@@ -121,4 +135,43 @@ class Deceptive(Objective):
         return true_acc > 0.82
 
 
-OBJECTIVES = {cls.name: cls for cls in (Coupled, Rugged, Deceptive)}
+class Needle(Objective):
+    """A narrow joint optimum that uniform search finds, behind a broad deceptive background.
+
+    Fixed (and committed) for issue 18 before any method was run on it. The background is
+    broad and easy, peaked at a seed-drawn point ``a`` (u in [0.1, 0.35] per token; acc <=
+    0.85); the optimum is a box of two adjacent choices in each of tau_intra (2 of 13), m2
+    (2 of 8) and depth (2 of 10), placed by the seed in the upper part of each token's range
+    (away from ``a``), where acc = 0.93 to 0.97 depending on the six other tokens (a smooth
+    optimum at a seed-drawn ``c``), so a search that finds the box still has to tune the rest.
+    The box has no slope leading to it: outside it, moving towards it lowers the reward.
+    A uniform draw lands in it with probability 2/13 * 2/8 * 2/10 = 0.0077 (computed, not
+    measured): within 400 trials with probability 1 - (1 - 0.0077)^400 = 0.95.
+    ``found(true_acc)``: a trial inside the box (true_acc > 0.9 > the background's maximum).
+    """
+
+    name = "needle"
+    joint = (0, 3, 7)  # tau_intra, m2, depth
+    rest = (1, 2, 4, 5, 6, 8)
+
+    def __init__(self, space, seed):
+        super().__init__(space, seed)
+        self.a = self.rng.uniform(0.1, 0.35, 9)
+        sizes = self.sizes[list(self.joint)]
+        # The box's lower index: in the upper 40% of each token's choices.
+        self.low = np.array([self.rng.integers(int(0.6 * (n - 1)), n - 1) for n in sizes])
+        self.c = self.rng.uniform(0.2, 0.8, len(self.rest))
+
+    def acc(self, u):
+        background = 0.85 - 0.5 * ((u - self.a) ** 2).mean(1)
+        idx = np.rint(u[:, self.joint] * (self.sizes[list(self.joint)] - 1)).astype(int)
+        inside = ((idx >= self.low) & (idx <= self.low + 1)).all(1)
+        inner = 0.97 - 0.04 * ((u[:, self.rest] - self.c) ** 2).mean(1) / 0.36
+        return np.where(inside, inner, background)
+
+    @staticmethod
+    def found(true_acc: float) -> bool:
+        return true_acc > 0.9
+
+
+OBJECTIVES = {cls.name: cls for cls in (Coupled, Rugged, Deceptive, Needle)}

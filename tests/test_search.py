@@ -240,9 +240,15 @@ def test_real_search_end_to_end_with_cli(tmp_path):
         "1",
         "--retrain-epochs",
         "1",
+        "--signal-seeds",
+        "2",
+        "--force",  # 3 SGD steps on synthetic faces learn nothing: the check says so
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert "signal check (2 seeds" in result.output
+    verdict = json.loads((tmp_path / "run" / "signal.json").read_text())
+    assert len(verdict["trials"]) == 4 and verdict["sigma"] >= 0
     log = read_log(tmp_path / "run")
     assert len(log) == 4 and all(t["error"] is None for t in log), log
     assert all(0 <= t["acc"] <= 1 and t["macs"] > 0 for t in log)

@@ -135,7 +135,7 @@ def test_two_worker_proxy_search_end_to_end_then_overwrite(tmp_path):
     args = ["search", str(store), "--val", str(val_dir), "--data", str(train_dir), "-o",
             str(out), "--steps", "1", "--batch", "2", "--workers", "2", "--input-size", "56",
             "--embedding-size", "32", "--max-steps", "2", "--batch-size", "8", "--far", "0.01",
-            "--trial-identities", "5"]  # fmt: skip
+            "--trial-identities", "5", "--signal-seeds", "0"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     log = read_log(out)
@@ -185,7 +185,8 @@ def test_a_search_whose_every_trial_fails_exits_non_zero(tmp_path, monkeypatch):
     store, val_dir, train_dir = _store(tmp_path)
     out = tmp_path / "run"
     args = ["search", str(store), "--val", str(val_dir), "--data", str(train_dir), "-o",
-            str(out), "--steps", "1", "--batch", "2", "--input-size", "56"]  # fmt: skip
+            str(out), "--steps", "1", "--batch", "2", "--input-size", "56",
+            "--signal-seeds", "0"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert "every one of the 2 trials failed" in result.output

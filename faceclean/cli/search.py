@@ -16,6 +16,12 @@ _POS = click.IntRange(min=1)
 _NONNEG = click.IntRange(min=0)
 
 
+def _noise_seeds(ctx, param, value: int) -> int:
+    if value == 1:
+        raise click.BadParameter("1 seed cannot measure noise; use >= 2, or 0 to skip")
+    return value
+
+
 @main.command("search", cls=OneLineUsage)
 @click.argument("embeddings", type=click.Path(path_type=Path))
 @click.option(
@@ -111,6 +117,27 @@ _NONNEG = click.IntRange(min=0)
     "predictor fitted on every finished trial rates best (1: run the policy's draws).",
 )
 @click.option(
+    "--explore",
+    default=0.0,
+    type=Finite(0, 1, max_open=True),
+    show_default=True,
+    help="PPO's share of each batch (after the warm-up) drawn uniformly among untried "
+    "combinations, unscreened: insurance against a narrow optimum the controller misses.",
+)
+@click.option(
+    "--fidelity",
+    is_flag=True,
+    help="Multi-fidelity search: successive halving (eta 3, 3 rungs): each bracket trains 9 B "
+    "combinations for 1/9 of --max-steps, the best 3 B for 1/3, the best B for all of it; "
+    "the controller (or random/TPE) proposes the first rung. Each trial logs its budget.",
+)
+@click.option(
+    "--max-cost",
+    type=Finite(0, 1e9, min_open=True),
+    help="Stop once the trials' summed budgets reach this many full trials "
+    "(each trial costs 1 without --fidelity); --steps still bounds the search.",
+)
+@click.option(
     "--workers",
     default=1,
     type=click.IntRange(1, 1024),
@@ -175,6 +202,35 @@ _NONNEG = click.IntRange(min=0)
     "cleanings and trial runs are deleted).",
 )
 @click.option(
+    "--check-fidelity",
+    is_flag=True,
+    help="Instead of searching: train --fidelity-combos random combinations at 1/9, 1/3 and "
+    "all of --max-steps and report how well each cheap level ranks them like the full one "
+    "(Spearman rho, bootstrap interval) and the cheapest level whose ranking holds.",
+)
+@click.option(
+    "--fidelity-combos",
+    default=8,
+    type=click.IntRange(3, 10_000),
+    show_default=True,
+    help="Combinations the fidelity check trains at every level.",
+)
+@click.option(
+    "--signal-seeds",
+    default=3,
+    type=click.IntRange(min=0),
+    callback=_noise_seeds,
+    show_default=True,
+    help="Before searching, train the baseline combination and the space's centre at this "
+    "many seeds, measure the trial noise σ and compare ACC with chance; stop when the trials "
+    "measure only noise (0: skip the check; 1 cannot measure noise).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Search even when the signal check finds no signal above noise and chance.",
+)
+@click.option(
     "--ray-address",
     help="Run trials as Ray tasks on this cluster ('local': a "
     "local Ray instance); one GPU per trial when the cluster has GPUs.",
@@ -195,6 +251,9 @@ def search_cmd(
     entropy,
     warmup_trials,
     proposals,
+    explore,
+    fidelity,
+    max_cost,
     workers,
     gpus_per_trial,
     input_size,
@@ -210,6 +269,10 @@ def search_cmd(
     seed,
     resume,
     overwrite,
+    check_fidelity,
+    fidelity_combos,
+    signal_seeds,
+    force,
     ray_address,
 ):
     """Jointly search cleaning thresholds, margin loss and backbone (RL controller + PPO)."""
@@ -217,6 +280,24 @@ def search_cmd(
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    train_kwargs = {
+        "input_size": input_size,
+        "embedding_size": embedding_size,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "workers": 0,
+    }
+    if check_fidelity:
+        from faceclean.search.fidelity_check import run_fidelity_check
+
+        run_fidelity_check(
+            embeddings, val, output, data_root=data, aspects=aspects, space_file=space_file,
+            train_kwargs=train_kwargs, fars=tuple(fars), trial_identities=trial_identities,
+            combos=fidelity_combos, seed=seed, console=console,
+        )  # fmt: skip
+        return
     run_search(
         embeddings,
         val,
@@ -229,17 +310,11 @@ def search_cmd(
         method=method,
         alpha=alpha,
         workers=workers,
-        train_kwargs={
-            "input_size": input_size,
-            "embedding_size": embedding_size,
-            "epochs": epochs,
-            "max_steps": max_steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "workers": 0,
-        },
+        train_kwargs=train_kwargs,
         trial_identities=trial_identities,
         overwrite=overwrite,
+        signal_seeds=signal_seeds,
+        force=force,
         controller={
             "controller_lr": controller_lr,
             "ppo_epochs": ppo_epochs,
@@ -247,6 +322,9 @@ def search_cmd(
             "warmup_trials": warmup_trials,
             "proposals": proposals,
             "gpus_per_trial": gpus_per_trial,
+            "explore": explore,
+            "fidelity": fidelity,
+            "max_cost": max_cost,
         },
         fars=tuple(fars),
         retrain_top=retrain_top,

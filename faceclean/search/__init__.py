@@ -5,7 +5,8 @@ Modules: ``space`` (the nine tokens, the TOML search space, difficulty), ``contr
 ``loop`` (the CLI's ``faceclean search`` on real trials; re-exports the engine), ``state``
 (the JSON + tensors state file), ``trial_log`` (trials.jsonl), ``methods`` (random, TPE and
 Gaussian search, the spawn pool and the Ray executor), ``trial`` (one trial on real data:
-clean, train, score), ``plots``, ``surrogate`` (a cheap synthetic objective for tests and
+clean, train, score), ``signal`` (the signal check: trial noise and chance before a search),
+``plots``, ``surrogate`` (a cheap synthetic objective for tests and
 benchmarks).
 
 Exports: ``search`` (the loop), ``run_search`` (the CLI's search on real trials),

@@ -213,7 +213,7 @@ class PPO:
         self.elite_tokens = torch.zeros(0, len(controller.sizes), dtype=torch.long)
         self.elite_rewards = torch.zeros(0)
 
-    def _add_elite(self, tokens: torch.Tensor, rewards: torch.Tensor) -> None:
+    def add_elite(self, tokens: torch.Tensor, rewards: torch.Tensor) -> None:
         """Keep the ``elite`` best distinct sequences (a repeat keeps its best reward)."""
         if self.elite <= 0:
             return
@@ -236,7 +236,7 @@ class PPO:
         {"loss", "kl", "epochs"} of the last epoch run. With ``history`` > 1 the last
         batches are learned from again (their ratios against the policy that sampled them)
         and the advantages are centred on all of their rewards."""
-        self._add_elite(tokens, rewards)
+        self.add_elite(tokens, rewards)
         bonus = self.entropy
         if self.entropy_after is not None and self.updates >= self.entropy_steps:
             bonus = self.entropy_after

@@ -37,8 +37,16 @@ import torch
 from faceclean.errors import FacecleanError
 from faceclean.search.controller import PPO, Controller, one_thread
 from faceclean.search.defaults import DEFAULTS, METHODS
-from faceclean.search.methods import GaussianSearch, make_pool, run_trial, tpe_study
+from faceclean.search.fidelity import Schedule, spent
+from faceclean.search.methods import (
+    GaussianSearch,
+    make_pool,
+    run_trial,
+    tpe_study,
+    uniform_novel,
+)
 from faceclean.search.predictor import screen
+from faceclean.search.signal import run_signal_check
 from faceclean.search.space import TOKENS, SearchSpace, difficulty
 from faceclean.search.state import load_state, save_state
 from faceclean.search.trial_log import append_record, read_log
@@ -57,9 +65,11 @@ class SearchResult:
     run_dir: Path
     trials: list[dict]
     entropy: list[float]
+    signal: dict | None = None  # the signal check (faceclean.search.signal), when run
 
     def top(self, k: int = 5) -> list[dict]:
-        ok = [t for t in self.trials if t["error"] is None]
+        """The k best finished trials by reward (of a multi-fidelity search: at full budget)."""
+        ok = [t for t in self.trials if t["error"] is None and t.get("budget", 1.0) == 1.0]
         return sorted(ok, key=lambda t: -t["reward"])[:k]
 
 
@@ -87,6 +97,14 @@ def search(
     gpus_per_trial: float = 1.0,
     fingerprints: dict | None = None,
     ppo_options: dict | None = None,
+    signal_seeds: int = 0,
+    force: bool = False,
+    on_signal: Callable[[dict], None] | None = None,
+    explore: float = 0.0,
+    fidelity: bool = False,
+    max_cost: float | None = None,
+    eta: int = 3,
+    rungs: int = 3,
 ) -> SearchResult:
     """Run (or resume) a search of ``steps`` x ``batch`` trials; see the module docstring.
 
@@ -98,6 +116,20 @@ def search(
     (clip, target_kl, entropy_floor, advantage) go to :class:`PPO`, for experiments, but
     "predictor" ("kernel", the default, or "ridge"), which picks the screening predictor.
     ``proposals`` (>= 1) is how many combinations per trial PPO draws for the screening.
+    ``signal_seeds`` (0: off, else >= 2) runs the signal check of
+    :mod:`faceclean.search.signal` first (its verdict goes to ``on_signal`` and into the
+    result); a failed check raises FacecleanError with its one-line reason unless ``force``.
+    ``explore`` (in [0, 1)) is the share of each PPO batch after the warm-up drawn uniformly
+    among untried combinations (rounded to whole trials; learned from off-policy, like the
+    warm-up), the rest screened from the policy's draws.
+    ``fidelity=True`` runs successive halving (:mod:`faceclean.search.fidelity`, ``eta``,
+    ``rungs``): ``trial_fn(combo, seed, budget=b)`` with b in (0, 1] the trial's share of a
+    full trial, logged with the trial with its rung and bracket; the method's sampler draws
+    the rung-0 combinations (PPO, its predictor, TPE and Gaussian learn from rung-0 rewards,
+    the same fidelity; PPO's elite set from full-budget ones), promotions re-run the best at
+    eta times the budget. ``max_cost`` stops the search once the trials' summed budgets
+    reach that many full trials (each trial costs 1 without ``fidelity``); ``steps`` still
+    bounds it. :meth:`SearchResult.top` then ranks the full-budget trials.
     """
     if method not in METHODS:
         raise FacecleanError(f"unknown search method {method!r}; use {', '.join(METHODS)}")
@@ -105,11 +137,29 @@ def search(
         raise FacecleanError("steps, batch, workers, ppo_epochs and proposals must be >= 1")
     if not (math.isfinite(alpha) and math.isfinite(controller_lr) and controller_lr > 0):
         raise FacecleanError("alpha must be finite and the controller lr > 0")
+    if signal_seeds == 1 or signal_seeds < 0:
+        raise FacecleanError("the signal check needs >= 2 seeds to measure noise (0: no check)")
+    if not 0 <= explore < 1 or (max_cost is not None and not max_cost > 0):
+        raise FacecleanError("explore must be in [0, 1) and max_cost > 0")
+    if fidelity and (eta < 2 or rungs < 1):
+        raise FacecleanError("successive halving needs eta >= 2 and rungs >= 1")
+    schedule = Schedule(batch, eta, rungs) if fidelity else None
     run_dir = Path(run_dir)
     state_path, log_path = run_dir / "state.pt", run_dir / "trials.jsonl"
     if (state_path.exists() or log_path.exists()) and not resume:
         raise FacecleanError("holds a search already; pass --resume to continue it", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    signal = None
+    # A resumed search that was started without the check is not stopped by one now.
+    if signal_seeds and (not resume or (run_dir / "signal.json").exists()):
+        signal = run_signal_check(
+            space, trial_fn, run_dir, signal_seeds, seed, fingerprints,
+            {"budget": 1.0} if fidelity else None,
+        )  # fmt: skip
+        if on_signal:
+            on_signal(signal)
+        if not signal["passed"] and not force:
+            raise FacecleanError(signal["message"], run_dir)
     torch.manual_seed(seed)
     controller = Controller(space.sizes)
     ppo_options = dict(ppo_options or {})
@@ -142,7 +192,8 @@ def search(
     if method == "tpe":
         # Finished steps are replayed into a fresh study; the sampler's own random state is
         # not restored, so a resumed TPE search continues well but not bit-identically.
-        study, tpe_dists = tpe_study(space, seed, [t for t in log if t["step"] < step])
+        replay = [t for t in log if t["step"] < step and t.get("rung", 0) == 0]
+        study, tpe_dists = tpe_study(space, seed, replay)
     warmup_steps = math.ceil(warmup_trials / batch) if method == "ppo" else 0
     uniform_logp = [-math.log(n) for n in space.sizes]
 
@@ -162,23 +213,36 @@ def search(
 
     pool = make_pool(workers, ray_address, gpus_per_trial)
     try:
-        while step < steps:
+        while step < steps and (max_cost is None or spent(done) < max_cost - 1e-9):
+            bracket, rung, _ = schedule.locate(step) if schedule else (None, 0, 0)
+            if pending is None and rung > 0:  # re-run the previous rung's best, longer
+                parents = schedule.promoted(step, done)
+                pending = {
+                    "tokens": [t["tokens"] for t in parents],
+                    "logp": None,
+                    "predicted": None,
+                    "parents": [t["trial"] for t in parents],
+                }
+                entropies.append(None)
+                persist()
             if pending is None:  # sample this step's batch and persist it before running
-                tokens, logp, h = _sample(method, step < warmup_steps, batch, space, rng)
+                fresh = schedule.fresh_steps_before(step) if schedule else step
+                tokens, logp, h = _sample(method, fresh < warmup_steps, batch, space, rng)
                 predicted = None
                 if tokens is None and method == "ppo":
-                    history = [done[i] for i in sorted(done)]
-                    with one_thread():
-                        tried = {tuple(t["tokens"]) for t in history}
-                        n = proposals * batch if len(history) >= 2 * batch else batch
-                        tokens, logp = controller.sample_novel(n, tried, gen)
-                        h = controller.entropy(64, torch.Generator().manual_seed(seed + step))
-                    if n > batch:  # screen the proposals with the reward predictor
-                        pick, predicted = screen(
-                            tokens.numpy(), history, space.sizes, batch, predictor
-                        )
-                        pick = torch.as_tensor(pick)
-                        tokens, logp = tokens[pick], logp[pick]
+                    history = [done[i] for i in sorted(done) if done[i].get("rung", 0) == 0]
+                    tried = {tuple(t["tokens"]) for t in done.values()}
+                    n_uniform = min(round(explore * batch), batch - 1)
+                    tokens, logp, h, predicted = _ppo_batch(
+                        controller, gen, history, tried, batch - n_uniform,
+                        proposals, space.sizes, predictor, seed + step,
+                    )  # fmt: skip
+                    if n_uniform:  # the exploration share: uniform, untried, unscreened
+                        tried |= {tuple(t) for t in tokens.tolist()}
+                        extra = uniform_novel(space.sizes, n_uniform, tried, rng)
+                        tokens = torch.cat([tokens, torch.as_tensor(extra)])
+                        logp = torch.cat([logp, torch.tensor([uniform_logp] * n_uniform)])
+                        predicted = None if predicted is None else predicted + [None] * n_uniform
                 elif tokens is None and method == "gaussian":
                     tokens = gaussian.sample(batch, rng)
                 elif tokens is None:  # tpe
@@ -196,16 +260,20 @@ def search(
             combos = [space.decode(t) for t in pending["tokens"]]
             todo = [(i, c) for i, c in zip(ids, combos, strict=True) if i not in done]
             seeds = {i: seed * 1_000_003 + i for i, _ in todo}
+            extra = (schedule.budget(rung),) if schedule else ()
             if pool is not None:
-                futures = {i: pool.submit(run_trial, trial_fn, c, seeds[i]) for i, c in todo}
+                futures = {
+                    i: pool.submit(run_trial, trial_fn, c, seeds[i], *extra) for i, c in todo
+                }
                 results = ((i, c, futures[i].result()) for i, c in todo)
             else:
-                results = ((i, c, run_trial(trial_fn, c, seeds[i])) for i, c in todo)
+                results = ((i, c, run_trial(trial_fn, c, seeds[i], *extra)) for i, c in todo)
             for i, combo, out in results:
                 b = i - step * batch
                 ok = out["error"] is None and out["acc"] is not None and math.isfinite(out["acc"])
                 r = reward(out["acc"], out["macs"], target_macs, alpha) if ok else failure_reward
                 data_d, loss_d = difficulty(combo)
+                parents = pending.get("parents")
                 record = {
                     "trial": i,
                     "step": step,
@@ -220,15 +288,27 @@ def search(
                     "seed": seeds[i],
                     **out,
                 }
+                if signal:  # the trial noise measured before the search, in every line
+                    record["trial_sigma"] = signal["sigma"]
+                if schedule:
+                    record |= {
+                        "budget": schedule.budget(rung),
+                        "rung": rung,
+                        "bracket": bracket,
+                        "promoted_from": parents[b] if parents else None,
+                    }
                 append_record(log_path, record)
                 done[i] = record
                 if on_trial:
                     on_trial(record)
             rewards = torch.tensor([done[i]["reward"] for i in ids], dtype=torch.float32)
-            if method == "ppo":
+            tokens = torch.tensor(pending["tokens"])
+            if rung > 0:  # promotions teach the samplers nothing but PPO's elite set
+                if method == "ppo" and rung == schedule.rungs - 1:
+                    ppo.add_elite(tokens, rewards)
+            elif method == "ppo":
                 with one_thread():
-                    tokens, logp = torch.tensor(pending["tokens"]), torch.tensor(pending["logp"])
-                    ppo.update(tokens, logp, rewards)
+                    ppo.update(tokens, torch.tensor(pending["logp"]), rewards)
             elif method == "gaussian":
                 gaussian.update(np.asarray(pending["tokens"]), rewards.numpy())
             elif method == "tpe":
@@ -239,7 +319,24 @@ def search(
     finally:
         if pool is not None:
             pool.shutdown()
-    return SearchResult(run_dir, sorted(done.values(), key=lambda t: t["trial"]), entropies)
+    trials = sorted(done.values(), key=lambda t: t["trial"])
+    return SearchResult(run_dir, trials, entropies, signal)
+
+
+def _ppo_batch(controller, gen, history, tried, n, proposals, sizes, predictor, entropy_seed):
+    """PPO's ``n`` new combinations: ``proposals`` x n untried draws of the policy screened
+    by the reward predictor fitted on ``history`` once it holds 2 n trials (else n draws).
+    Returns (tokens [n, T], per-token log-probs [n, T], policy entropy, predicted or None)."""
+    predicted = None
+    with one_thread():
+        k = proposals * n if len(history) >= 2 * n else n
+        tokens, logp = controller.sample_novel(k, tried, gen)
+        h = controller.entropy(64, torch.Generator().manual_seed(entropy_seed))
+    if k > n:  # screen the proposals with the reward predictor
+        pick, predicted = screen(tokens.numpy(), history, controller.sizes, n, predictor)
+        pick = torch.as_tensor(pick)
+        tokens, logp = tokens[pick], logp[pick]
+    return tokens, logp, h, predicted
 
 
 def _sample(method: str, warmup: bool, batch: int, space: SearchSpace, rng):

@@ -16,6 +16,8 @@ from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import output_lock, refuse_inputs
 from faceclean.search.engine import DEFAULTS, METHODS, SearchResult, reward, search
+from faceclean.search.fidelity import spent
+from faceclean.search.signal import ties
 from faceclean.search.space import TOKENS
 from faceclean.search.trial_log import read_log
 
@@ -63,6 +65,7 @@ SEARCH_OUTPUTS = (
     "clean",
     "trials",
     "retrain",
+    "signal.json",
 )
 
 
@@ -78,12 +81,14 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
         return
     if output.exists() and not output.is_dir():
         raise FacecleanError("is a file, not a folder", output)
-    if held and not overwrite:
+    # A search stopped by its signal check left only signal.json: a re-run (with --force or
+    # other settings) may start there, and reuses the check when nothing changed.
+    if [p for p in held if p.name != "signal.json"] and not overwrite:
         raise FacecleanError(
             "holds a search already; pass --resume to continue it or --overwrite to replace it",
             output,
         )
-    for p in held:
+    for p in held if overwrite else []:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
@@ -111,15 +116,21 @@ def run_search(
     controller=None,
     trial_identities=None,
     overwrite=False,
+    signal_seeds=0,
+    force=False,
 ) -> dict:
     """The CLI's search: real trials (:class:`faceclean.search.trial.FaceTrial`), a live
     status table, plots, and optionally the top-k combinations re-trained for longer.
     ``controller`` holds keyword arguments of :func:`search` (controller_lr, ppo_epochs,
-    entropy, warmup_trials, proposals, gpus_per_trial). ``trial_identities`` (proxy mode)
-    trains each trial on a subset of that many identities drawn with ``seed``; with
+    entropy, warmup_trials, proposals, gpus_per_trial, explore, fidelity, max_cost); with
+    ``fidelity`` a trial's budget b trains round(b x max_steps) steps. ``trial_identities``
+    (proxy mode) trains each trial on a subset of that many identities drawn with ``seed``; with
     ``train_kwargs["max_steps"]`` a trial is a fixed number of SGD steps. An ``output``
     that holds a search needs ``resume`` or ``overwrite`` (which deletes that search).
-    Returns {"trials", "top", "plots"[, "retrained"]}."""
+    ``signal_seeds`` (0: off; the CLI's default 3) runs the signal check first and stops
+    with its one-line reason when the trials measure only noise, unless ``force``; its
+    sigma then shows in the status table, the plots and the final table (ties).
+    Returns {"trials", "top", "plots", "signal"[, "retrained"]}."""
     from faceclean.search.plots import plot_search
     from faceclean.search.space import load_space
     from faceclean.search.trial import FaceTrial
@@ -139,6 +150,9 @@ def run_search(
             "validation set": file_fingerprint(val),
         }
         kwargs = dict(train_kwargs or {})
+        options = dict(controller or {})
+        if options.get("fidelity") and not kwargs.get("max_steps"):
+            raise FacecleanError("--fidelity maps each trial's budget to --max-steps: give it")
         trial = FaceTrial(
             str(embeddings),
             str(val),
@@ -156,12 +170,30 @@ def run_search(
         )
         seen: list[dict] = read_log(output) if resume else []
         live = None
+        noise: dict = {}  # the signal check's verdict, once run
+        said_weights: list[bool] = []
+
+        def say_weights(record):
+            """Say once how ACC is weighted when the validation set cannot resolve a FAR."""
+            used = record.get("acc_weights")
+            if said_weights or not console or not used:
+                return
+            said_weights.append(True)
+            left = [f"{f:g}" for f in fars if f"{f:g}" not in used]
+            if left:
+                formula = " + ".join(f"{w:.2f}·TAR@{f}" for f, w in used.items())
+                console.print(
+                    f"ACC = {formula}: the validation set's {record['impostor_pairs']:,} "
+                    f"impostor pairs cannot resolve FAR {', '.join(left)} (< 1 pair per "
+                    "1/FAR), left out and the weights renormalised"
+                )
 
         def status_table():
             from rich.table import Table
 
             ok = [t for t in seen if t["error"] is None]
-            best = max(ok, key=lambda t: t["reward"], default=None)
+            full = [t for t in ok if t.get("budget", 1.0) == 1.0]  # multi-fidelity: trusted
+            best = max(full, key=lambda t: t["reward"], default=None)
             recent = [t["acc"] for t in ok[-2 * batch :]]
             step_now = seen[-1]["step"] if seen else 0
             in_step = sum(1 for t in seen if t["step"] == step_now)
@@ -174,6 +206,13 @@ def run_search(
                 f"({max(1, workers)} at a time)",
             )
             table.add_row("failed", str(len(seen) - len(ok)))
+            if options.get("fidelity") or options.get("max_cost"):
+                cap = options.get("max_cost")
+                table.add_row(
+                    "cost (full trials)",
+                    f"{spent(seen):.2f}" + (f" / {cap:g}" if cap else "")
+                    + (f"; last trial's budget {seen[-1].get('budget', 1.0):.3g}" if seen else ""),
+                )  # fmt: skip
             table.add_row(
                 "best reward",
                 "-"
@@ -181,6 +220,11 @@ def run_search(
                 else f"{best['reward']:.4f} (trial {best['trial']}, ACC {best['acc']:.4f})",
             )
             table.add_row("moving ACC", f"{np.mean(recent):.4f}" if recent else "-")
+            if noise:
+                table.add_row(
+                    "trial noise σ",
+                    f"{noise['sigma']:.4f} (rewards within 2σ of the best are ties)",
+                )
             if seen:
                 last = seen[-1]
                 table.add_row(
@@ -197,8 +241,18 @@ def run_search(
 
         def report(record):
             seen.append(record)
+            if record["error"] is None:
+                say_weights(record)
             if live is not None:
                 live.update(status_table())
+
+        def on_signal(verdict):
+            noise.update(verdict)
+            for t in verdict["trials"]:
+                if t["error"] is None:
+                    say_weights(t)
+            if console:
+                console.print(verdict["message"])
 
         if console:
             from rich.live import Live
@@ -221,7 +275,10 @@ def run_search(
                 on_trial=report,
                 ray_address=ray_address,
                 fingerprints=fingerprints,
-                **(controller or {}),
+                signal_seeds=signal_seeds,
+                force=force,
+                on_signal=on_signal,
+                **options,
             )
         finally:
             if live is not None:
@@ -235,11 +292,13 @@ def run_search(
                 f"{result.trials[0]['error']} (log kept in trials.jsonl)",
                 output,
             )
-        plots = plot_search(result.trials, output, result.entropy)
+        sigma = noise.get("sigma")
+        plots = plot_search(result.trials, output, result.entropy, noise=noise or None)
         summary = {
             "trials": len(result.trials),
             "top": result.top(max(retrain_top, 5)),
             "plots": [str(p) for p in plots],
+            "signal": noise or None,
         }
         if retrain_top:
             final = []
@@ -273,14 +332,18 @@ def run_search(
             # Short headers keep all twelve columns readable in an 80-column terminal.
             for col in ("#", "τ_in", "τ_ex", "m1", "m2", "m3", "s_p", "s_n", "D", "W", "ACC", "R"):
                 table.add_column(col, no_wrap=True)
-            for t in result.top(5):
-                table.add_row(
-                    *[
-                        f"{t[c]:.3g}" if isinstance(t[c], float) else str(t[c])
-                        for c in ("trial", *TOKENS, "acc", "reward")
-                    ]
-                )
+            top = result.top(5)
+            tied = ties([t["reward"] for t in top], sigma)
+            for t, tie in zip(top, tied, strict=True):
+                cells = [f"{t[c]:.3g}" if isinstance(t[c], float) else str(t[c])
+                         for c in ("trial", *TOKENS, "acc", "reward")]  # fmt: skip
+                table.add_row(*cells[:-1], cells[-1] + ("=" if tie else ""))
             console.print(table)
+            if sigma is not None and sum(tied) > 1:
+                console.print(
+                    f"=: {sum(tied)} combinations within 2σ = {2 * sigma:.4f} of the best "
+                    "reward: ties, not a preference (σ: the signal check's trial noise)"
+                )
             for r in summary.get("retrained", []):
                 console.print(f"retrained: ACC {r['retrained_acc']:.4f} -> {r['run_dir']}")
             console.print(f"log: {output / 'trials.jsonl'}; plots: {', '.join(summary['plots'])}")

@@ -16,17 +16,36 @@ from faceclean.errors import FacecleanError
 from faceclean.search.space import TOKENS, SearchSpace
 
 
-def run_trial(trial_fn, combo: dict, seed: int) -> dict:
-    """``trial_fn(combo, seed)`` timed; an exception becomes ``{"error": ...}`` (a failed
-    trial is data, not the end of the search)."""
+def run_trial(trial_fn, combo: dict, seed: int, budget: float | None = None) -> dict:
+    """``trial_fn(combo, seed)`` (``budget=budget`` too, when given) timed; an exception
+    becomes ``{"error": ...}`` (a failed trial is data, not the end of the search)."""
     t0 = time.perf_counter()
     try:
-        out = dict(trial_fn(combo, seed))
+        kwargs = {} if budget is None else {"budget": budget}
+        out = dict(trial_fn(combo, seed, **kwargs))
         out["error"] = None
     except Exception as e:
         out = {"acc": None, "macs": None, "error": f"{type(e).__name__}: {str(e)[:300]}"}
     out["wall_s"] = time.perf_counter() - t0
     return out
+
+
+def uniform_novel(
+    sizes: list[int], n: int, tried: set[tuple[int, ...]], rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` token rows [n, T] drawn uniformly, each untried and distinct (after 100 rounds
+    of rejection, repeats are allowed: a nearly exhausted space)."""
+    rows: list[tuple[int, ...]] = []
+    taken = set(tried)
+    for _ in range(100):
+        for row in np.stack([rng.integers(0, k, 4 * n) for k in sizes], 1).tolist():
+            if tuple(row) not in taken:
+                taken.add(tuple(row))
+                rows.append(tuple(row))
+            if len(rows) == n:
+                return np.asarray(rows, dtype=np.int64)
+    extra = np.stack([rng.integers(0, k, n - len(rows)) for k in sizes], 1)
+    return np.concatenate([np.asarray(rows, dtype=np.int64).reshape(-1, len(sizes)), extra])
 
 
 def _init_worker(parent: int, threads: int) -> None:

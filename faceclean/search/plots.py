@@ -25,12 +25,19 @@ def _render(fig, path: Path) -> tuple[Path, Path]:
 
 
 def plot_search(
-    trials: list[dict], out_dir: str | Path, entropy: list[float] | None = None, top: int = 20
+    trials: list[dict],
+    out_dir: str | Path,
+    entropy: list[float] | None = None,
+    top: int = 20,
+    noise: dict | None = None,
 ) -> list[Path]:
     """accuracy.png (ACC per trial and its moving average: the paper's Fig. 3; beside it
     the policy entropy per step in nats, ``entropy`` or the trials' ``policy_entropy``),
     tokens.png (mean reward per choice of each token), difficulty.png (data vs loss
-    difficulty of the best trials: Fig. 4)."""
+    difficulty of the best trials: Fig. 4). With ``noise`` (the signal check's verdict:
+    "sigma", "chance", "mean_acc") the noise is drawn as bands: the baseline's ACC +- 2
+    sigma and chance on accuracy.png, the moving average +- sigma / sqrt(window), and
+    +- sigma / sqrt(trials) error bars on tokens.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,12 +54,17 @@ def plot_search(
         ax.scatter([t["trial"] for t in ok], acc, s=8, alpha=0.5, label="sampled trials")
         window = max(1, min(len(acc) // 2, max(2, len(acc) // 10)))
         moving = np.convolve(acc, np.ones(window) / window, mode="valid")
-        ax.plot(
-            [t["trial"] for t in ok][window - 1 :],
-            moving,
-            color="#cc3311",
-            label=f"moving average ({window})",
-        )
+        x_moving = [t["trial"] for t in ok][window - 1 :]
+        ax.plot(x_moving, moving, color="#cc3311", label=f"moving average ({window})")
+        sigma = (noise or {}).get("sigma")
+        if sigma is not None and np.isfinite(sigma):
+            half = sigma / np.sqrt(window)
+            ax.fill_between(x_moving, moving - half, moving + half, color="#cc3311", alpha=0.2)
+            base = noise["mean_acc"].get("baseline")
+            if base is not None:
+                ax.axhspan(base - 2 * sigma, base + 2 * sigma, color="#999999", alpha=0.25,
+                           label=f"baseline ± 2σ (σ = {sigma:.4f})")  # fmt: skip
+            ax.axhline(noise["chance"], color="#000000", ls=":", lw=1, label="chance")
         ax.set_xlabel("trial")
         ax.set_ylabel("ACC")
         ax.legend()
@@ -72,8 +84,12 @@ def plot_search(
         fig, axes = plt.subplots(3, 3, figsize=(10, 8))
         for ax, token in zip(axes.ravel(), TOKENS, strict=True):
             values = sorted({t[token] for t in ok})
-            means = [np.mean([t["reward"] for t in ok if t[token] == v]) for v in values]
-            ax.bar([f"{v:g}" for v in values], means, color="#4477aa")
+            groups = [[t["reward"] for t in ok if t[token] == v] for v in values]
+            bars = None
+            if sigma is not None and np.isfinite(sigma):
+                bars = [sigma / np.sqrt(len(g)) for g in groups]
+            ax.bar([f"{v:g}" for v in values], [np.mean(g) for g in groups], yerr=bars,
+                   color="#4477aa", capsize=2)  # fmt: skip
             ax.set_title(token)
             ax.tick_params(axis="x", labelrotation=90, labelsize=7)
         paths.append(out_dir / "tokens.png")

@@ -29,6 +29,37 @@ from faceclean.training.train import evaluate_run, train
 from faceclean.training.verification import FARS
 
 
+def acc_weights(n: int) -> list[float]:
+    """The paper's ACC weights: 0.5/0.25/0.25 for three FARs, else equal."""
+    return [0.5, 0.25, 0.25] if n == 3 else [1 / n] * n
+
+
+def resolved_acc(
+    fars: tuple[float, ...], tars: list[float], resolved: list[bool]
+) -> tuple[float, dict[str, float], float]:
+    """(ACC, {far: weight}, chance ACC) over the FARs the validation set resolves (>= 1
+    impostor pair per 1/FAR): the others are left out and the weights renormalised, instead
+    of counting a TAR no threshold can measure. Chance ACC is the ACC of random scores (TAR
+    = FAR) with the same weights. When no FAR is resolved, all are kept (the weights
+    returned say which were used)."""
+    base = acc_weights(len(fars))
+    keep = [i for i, ok in enumerate(resolved) if ok] or list(range(len(fars)))
+    total = sum(base[i] for i in keep)
+    weights = {f"{fars[i]:g}": base[i] / total for i in keep}
+    acc = sum(base[i] / total * tars[i] for i in keep)
+    chance = sum(base[i] / total * fars[i] for i in keep)
+    return float(acc), weights, float(chance)
+
+
+def budget_steps(max_steps: int | None, budget: float) -> int:
+    """The SGD steps of a trial of ``budget`` (share of a full trial of ``max_steps``)."""
+    if max_steps is None:
+        raise FacecleanError("a multi-fidelity search (--fidelity) needs --max-steps")
+    if not 0 < budget <= 1:
+        raise FacecleanError(f"a trial's budget must be in (0, 1], got {budget}")
+    return max(1, round(budget * max_steps))
+
+
 @dataclass
 class FaceTrial:
     """A picklable trial function ``(combo, seed) -> {acc, macs, ...}``.
@@ -90,9 +121,12 @@ class FaceTrial:
             pq.write_table(table, tmp)
         return out
 
-    def config(self, combo: dict, seed: int) -> TrainConfig:
+    def config(self, combo: dict, seed: int, budget: float | None = None) -> TrainConfig:
         root = self.data_root or read_metadata(self.embeddings).get("dataset")
         loss = {k: combo[k] for k in ("m1", "m2", "m3", "s_p", "s_n")}
+        kwargs = dict(self.train_kwargs)
+        if budget is not None:
+            kwargs["max_steps"] = budget_steps(kwargs.get("max_steps"), budget)
         return TrainConfig(
             clean_list=str(self.clean_list(combo["tau_intra"], combo["tau_inter"])),
             data_root=root,
@@ -101,27 +135,35 @@ class FaceTrial:
             loss="unified",
             loss_kwargs=loss,
             seed=seed,
-            **self.train_kwargs,
+            **kwargs,
         )
 
-    def __call__(self, combo: dict, seed: int, run_name: str | None = None) -> dict:
-        cfg = self.config(combo, seed)
+    def __call__(
+        self, combo: dict, seed: int, run_name: str | None = None, budget: float | None = None
+    ) -> dict:
+        """Clean, train and score one combination; ``budget`` (multi-fidelity search, in (0,
+        1]) trains round(budget x max_steps) steps instead of max_steps."""
+        cfg = self.config(combo, seed, budget)
         run = Path(self.work_dir) / "trials" / (run_name or f"seed{seed}")
         summary = train(cfg, run)
         scores = evaluate_run(run, self.val, self.fars)
         tars = [scores[f"tar@far={f:g}"] for f in self.fars]
-        weights = (0.5, 0.25, 0.25) if len(tars) == 3 else [1 / len(tars)] * len(tars)
+        resolved = [scores[f"resolved@far={f:g}"] for f in self.fars]
+        acc, weights, chance = resolved_acc(self.fars, tars, resolved)
         model = build_backbone(cfg)
         clean_summary = read_clean_summary(Path(cfg.clean_list).parent)
         return {
-            "acc": float(sum(w * t for w, t in zip(weights, tars, strict=True))),
+            "acc": acc,
+            "chance_acc": chance,
+            "acc_weights": weights,
+            "impostor_pairs": scores["impostor_pairs"],
             "tars": {f"{f:g}": t for f, t in zip(self.fars, tars, strict=True)},
             "macs": count_macs(model),
             "params": sum(p.numel() for p in model.parameters()),
             "clean_rows": clean_summary["clean_rows"],
             "clean_classes": clean_summary["clean_classes"],
             "train_steps": summary["steps"],
-            "max_steps": self.train_kwargs.get("max_steps"),
+            "max_steps": cfg.max_steps,
             "trial_identities": self.identities,
             "run_dir": str(run),
         }

@@ -1,0 +1,199 @@
+"""Multi-fidelity search (successive halving with the sampler proposing), the cost cap and
+PPO's exploration share, on cheap synthetic trial functions."""
+
+import math
+
+import numpy as np
+import pytest
+
+from faceclean.errors import FacecleanError
+from faceclean.search import load_space, search
+from faceclean.search.fidelity import Schedule, spent
+from faceclean.search.surrogate import SurrogateObjective
+from faceclean.search.trial import budget_steps
+
+
+class Budgeted:
+    """The surrogate objective observed at a budget: noise / sqrt(budget), and every call's
+    budget recorded."""
+
+    def __init__(self, seed=0):
+        self.surrogate = SurrogateObjective(load_space(), seed=seed)
+        self.budgets = []
+
+    def __call__(self, combo, seed, budget):
+        self.budgets.append(budget)
+        out = self.surrogate(combo, seed)
+        out["acc"] += float(np.random.default_rng(seed).normal(0, 0.01 / math.sqrt(budget)))
+        return out
+
+
+def test_schedule_rungs_budgets_and_promotions():
+    sch = Schedule(batch=2, eta=3, rungs=3)
+    assert [sch.budget(r) for r in range(3)] == pytest.approx([1 / 9, 1 / 3, 1])
+    assert sch.bracket_steps == 13
+    assert [sch.locate(s)[1] for s in range(14)] == [0] * 9 + [1] * 3 + [2, 0]
+    assert sch.locate(13) == (1, 0, 0) and sch.fresh_steps_before(13) == 9
+    done = {i: {"trial": i, "reward": float(i % 7)} for i in range(18)}  # rung 0 of bracket 0
+    top6 = sorted(done.values(), key=lambda t: (-t["reward"], t["trial"]))[:6]
+    promoted = [t["trial"] for s in (9, 10, 11) for t in sch.promoted(s, done)]
+    assert promoted == [t["trial"] for t in top6]
+    with pytest.raises(ValueError):
+        sch.promoted(3, done)
+
+
+def test_fidelity_search_passes_budgets_promotes_the_best_and_stops_at_max_cost(tmp_path):
+    trial = Budgeted()
+    r = search(
+        load_space(), trial, tmp_path, steps=1000, batch=2, fidelity=True, max_cost=7,
+        method="random", seed=3,
+    )  # fmt: skip
+    assert all(0 < b <= 1 for b in trial.budgets)
+    assert sorted(set(trial.budgets)) == pytest.approx([1 / 9, 1 / 3, 1])
+    cost = spent(r.trials)
+    assert 7 <= cost < 7 + 2  # stops once the summed budgets reach 7 full trials
+    by_id = {t["trial"]: t for t in r.trials}
+    for t in r.trials:
+        assert t["budget"] == pytest.approx(1 / 9 * 3 ** t["rung"])
+        if t["rung"]:  # a promotion re-runs the previous rung's combination, longer
+            parent = by_id[t["promoted_from"]]
+            assert parent["rung"] == t["rung"] - 1 and parent["tokens"] == t["tokens"]
+    rung0 = [t for t in r.trials if t["bracket"] == 0 and t["rung"] == 0]
+    rung1 = [t for t in r.trials if t["bracket"] == 0 and t["rung"] == 1]
+    cut = sorted(t["reward"] for t in rung0)[-len(rung1)]
+    assert all(by_id[t["promoted_from"]]["reward"] >= cut for t in rung1)
+    assert r.top(3) and all(t["budget"] == 1 for t in r.top(3))
+
+
+@pytest.mark.parametrize("method", ["ppo", "tpe"])
+def test_the_controller_proposes_rung_zero_and_a_resume_promotes_the_same(tmp_path, method):
+    pytest.importorskip("optuna") if method == "tpe" else None
+    kw = dict(batch=2, fidelity=True, method=method, seed=1, warmup_trials=4)
+    full = search(load_space(), Budgeted(), tmp_path / "full", steps=14, **kw)
+    search(load_space(), Budgeted(), tmp_path / "cut", steps=10, **kw)
+    resumed = search(load_space(), Budgeted(), tmp_path / "cut", steps=14, resume=True, **kw)
+    strip = lambda ts: [(t["trial"], t["tokens"], t["budget"], t["promoted_from"]) for t in ts]  # noqa: E731
+    if method == "ppo":  # bit-identical; TPE's sampler state is not restored (documented)
+        assert strip(resumed.trials) == strip(full.trials)
+    assert [t["rung"] for t in full.trials] == [0] * 18 + [1] * 6 + [2] * 2 + [0] * 2
+    if method == "ppo":  # after the warm-up, rung 0 comes from the policy (log-prob kept)
+        fresh = [t for t in full.trials if t["rung"] == 0 and t["step"] >= 2]
+        assert all(t["log_prob"] is not None for t in fresh)
+
+
+def test_max_cost_without_fidelity_counts_trials_and_defaults_are_unchanged(tmp_path):
+    calls = []
+
+    def plain(combo, seed):  # no budget keyword: today's trial functions keep working
+        calls.append(seed)
+        return {"acc": 0.5, "macs": 1.0}
+
+    r = search(load_space(), plain, tmp_path / "a", steps=100, batch=3, max_cost=7)
+    assert len(r.trials) == 9 and "budget" not in r.trials[0]  # 3 steps: cost 9 >= 7
+    with pytest.raises(FacecleanError, match="max_cost"):
+        search(load_space(), plain, tmp_path / "b", steps=1, batch=2, max_cost=0)
+
+
+def test_explore_share_is_uniform_unscreened_and_untried(tmp_path):
+    space = load_space()
+    uniform = sum(-math.log(n) for n in space.sizes)
+    r = search(
+        space, SurrogateObjective(space, seed=2), tmp_path, steps=6, batch=4,
+        warmup_trials=4, explore=0.5, seed=5,
+    )  # fmt: skip
+    after = [t for t in r.trials if t["step"] >= 1]
+    for step in range(1, 6):
+        rows = [t for t in after if t["step"] == step]
+        explored = [t for t in rows if t["log_prob"] == pytest.approx(uniform)]
+        assert len(explored) >= 2  # 2 of 4 drawn uniformly (a policy draw may tie: never)
+        if step >= 2:  # screened once 2 x 2 trials are in: the explored ones are not
+            assert [t["predicted_reward"] is None for t in rows] == [False, False, True, True]
+    assert len({tuple(t["tokens"]) for t in r.trials}) == len(r.trials)
+    with pytest.raises(FacecleanError, match="explore"):
+        search(space, SurrogateObjective(space), tmp_path / "x", steps=1, batch=2, explore=1.0)
+
+
+def test_budget_maps_to_training_steps():
+    assert budget_steps(90, 1 / 9) == 10 and budget_steps(90, 1.0) == 90
+    assert budget_steps(5, 1 / 9) == 1  # never 0 steps
+    with pytest.raises(FacecleanError, match="--max-steps"):
+        budget_steps(None, 0.5)
+
+
+class Levels:
+    """ACC = a combination's own quality at full and 1/3 budget (plus a little noise), pure
+    noise at 1/9: the 1/3 level ranks like full training, the 1/9 level does not."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, combo, seed, budget):
+        self.calls += 1
+        quality = combo["tau_intra"] + combo["m2"] + 0.1 * combo["depth"]
+        noise = np.random.default_rng(seed).normal(0, 1)
+        acc = noise if budget < 0.2 else quality + 0.01 * noise
+        return {"acc": float(acc), "macs": 1.0}
+
+
+def test_fidelity_check_finds_the_cheapest_level_that_ranks_like_the_full_one(tmp_path):
+    from faceclean.search.fidelity_check import check_fidelity
+
+    trial = Levels()
+    result = check_fidelity(load_space(), trial, tmp_path, combos=12, seed=4)
+    assert trial.calls == 36
+    by_budget = {round(lv["budget"], 4): lv for lv in result["levels"]}
+    assert not by_budget[0.1111]["holds"] and abs(by_budget[0.1111]["rho"]) < 0.6
+    assert by_budget[0.3333]["holds"] and by_budget[0.3333]["rho"] > 0.9
+    lo, hi = by_budget[0.3333]["interval"]
+    assert 0 < lo <= by_budget[0.3333]["rho"] <= hi <= 1
+    assert result["cheapest"] == pytest.approx(1 / 3)
+    again = check_fidelity(load_space(), trial, tmp_path, combos=12, seed=4)
+    assert trial.calls == 36 and again["cheapest"] == result["cheapest"]  # read back
+
+
+def test_spearman_matches_scipy_with_ties():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from faceclean.search.fidelity_check import spearman
+
+    a, b = [1, 2, 2, 5, 3, 9], [2, 1, 3, 3, 8, 7]
+    assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_cli_check_fidelity_reports_rho_and_the_cheapest_level(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from helpers import one_error_line
+
+    import faceclean.search.trial
+    from faceclean.cli import main
+
+    def fake(self, combo, seed, run_name=None, budget=None):
+        steps = budget_steps(self.train_kwargs["max_steps"], budget)
+        return Levels()(combo, seed, budget) | {"train_steps": steps}
+
+    monkeypatch.setattr(faceclean.search.trial.FaceTrial, "__call__", fake)
+    (tmp_path / "e.parquet").write_bytes(b"x")
+    (tmp_path / "val").mkdir()
+    base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path / "val"), "-o",
+            str(tmp_path / "run"), "--check-fidelity", "--fidelity-combos", "10"]  # fmt: skip
+    one_error_line(CliRunner().invoke(main, base), "--max-steps")
+    result = CliRunner().invoke(main, [*base, "--max-steps", "90"])
+    assert result.exit_code == 0, result.output
+    assert "cheapest fidelity whose ranking holds: 30 steps" in result.output
+    assert (tmp_path / "run" / "fidelity" / "fidelity.json").exists()
+    assert not (tmp_path / "run" / "trials.jsonl").exists()  # a check, not a search
+
+
+def test_a_face_trial_trains_its_budget_share_of_max_steps(tmp_path):
+    from test_search_cli import _store
+
+    from faceclean.search.space import BASELINE
+    from faceclean.search.trial import FaceTrial
+
+    store, val_dir, train_dir = _store(tmp_path)
+    trial = FaceTrial(str(store), str(val_dir), str(tmp_path / "w"), str(train_dir),
+                      {"max_steps": 9, "input_size": 56})  # fmt: skip
+    combo = dict(BASELINE)
+    assert trial.config(combo, 0, budget=1 / 3).max_steps == 3
+    assert trial.config(combo, 0, budget=1 / 9).max_steps == 1
+    assert trial.config(combo, 0).max_steps == 9  # no budget: today's trial
