@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_search import make_objective, run_all  # noqa: E402
 
-from faceclean.search.loop import DEFAULTS, search  # noqa: E402
+from faceclean.search.face_search import DEFAULTS, search  # noqa: E402
 from faceclean.search.space import TOKENS, load_space  # noqa: E402
 
 ARMS = {  # name: (method, fidelity, trials or None, uses --cost)

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from search_objectives import OBJECTIVES, Objective  # noqa: E402
 
-from faceclean.search.loop import DEFAULTS, search  # noqa: E402
+from faceclean.search.face_search import DEFAULTS, search  # noqa: E402
 from faceclean.search.space import TOKENS, load_space  # noqa: E402
 from faceclean.search.surrogate import SurrogateObjective  # noqa: E402
 

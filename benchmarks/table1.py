@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from faceclean.search.loop import run_search
+from faceclean.search.face_search import run_search
 from faceclean.search.space import BASELINE
 from faceclean.search.trial import FaceTrial
 

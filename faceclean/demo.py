@@ -98,7 +98,7 @@ def run_demo(
     from faceclean.data.extraction import extract
     from faceclean.data.store import iter_embeddings, write_tables
     from faceclean.data.synthetic import make_face_folder
-    from faceclean.search.loop import run_search
+    from faceclean.search.face_search import run_search
     from faceclean.training.run import TrainConfig
     from faceclean.training.train import train
 

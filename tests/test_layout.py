@@ -68,9 +68,9 @@ def test_no_module_imports_from_a_stage_above_its_own(module):
 
 def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from faceclean.search.loop import search\n")
-    assert imports(bad) == {"faceclean.search.loop"}
-    assert LAYERS[stage("faceclean.search.loop")] > LAYERS[stage("faceclean.data.store")]
+    bad.write_text("def f():\n    from faceclean.search.face_search import search\n")
+    assert imports(bad) == {"faceclean.search.face_search"}
+    assert LAYERS[stage("faceclean.search.face_search")] > LAYERS[stage("faceclean.data.store")]
 
 
 def test_no_import_cycles():

@@ -11,7 +11,7 @@ import torch
 
 from faceclean.errors import FacecleanError
 from faceclean.search.controller import PPO, Controller
-from faceclean.search.loop import read_log, search
+from faceclean.search.face_search import read_log, search
 from faceclean.search.space import BASELINE, TOKENS, load_space
 from faceclean.search.surrogate import SurrogateObjective
 
@@ -151,7 +151,7 @@ def test_failing_trials_are_logged_and_the_search_goes_on(tmp_path):
 
 SCRIPT = """
 import sys, time
-from faceclean.search.loop import search
+from faceclean.search.face_search import search
 from faceclean.search.surrogate import SurrogateObjective
 from faceclean.search.space import load_space
 space = load_space()

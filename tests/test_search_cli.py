@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from faceclean.cli import main
 from faceclean.search import search
 from faceclean.search.defaults import DEFAULTS
-from faceclean.search.loop import read_log
+from faceclean.search.face_search import read_log
 
 
 def _cli_defaults(name):
@@ -166,11 +166,13 @@ def test_the_demo_search_warms_up_for_one_step_only(tmp_path, tiny_model, monkey
     # With the search's default 16 warm-up trials a 3 x 2 demo would never update PPO.
     from rich.console import Console
 
-    import faceclean.search.loop
+    import faceclean.search.face_search
     from faceclean.demo import run_demo
 
     seen = {}
-    monkeypatch.setattr(faceclean.search.loop, "run_search", lambda *a, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(
+        faceclean.search.face_search, "run_search", lambda *a, **kw: seen.update(kw) or {}
+    )
     run_demo(tmp_path / "demo", 8, 6, 0, Console(quiet=True), tiny_model, steps=3, batch=2)
     assert seen["controller"]["warmup_trials"] == seen["batch"] == 2
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from faceclean.errors import FacecleanError
-from faceclean.search.engine import search
-from faceclean.search.loop import prepare_output
+from faceclean.search.face_search import prepare_output
+from faceclean.search.search_loop import search
 from faceclean.search.space import load_space
 from faceclean.search.state import load_state
 from faceclean.search.surrogate import SurrogateObjective
@@ -143,7 +143,7 @@ def test_two_workers_run_the_same_trials_after_torch_started_its_threads(tmp_pat
 
 SLOW_TRIAL = """
 import os, sys, time
-from faceclean.search.engine import search
+from faceclean.search.search_loop import search
 from faceclean.search.space import load_space
 
 def slow(combo, seed):

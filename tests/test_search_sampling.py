@@ -95,7 +95,7 @@ def test_screen_keeps_the_best_predicted_and_bounds_the_history():
 
 
 def test_ppo_search_runs_untried_screened_combinations(tmp_path):
-    from faceclean.search.loop import search
+    from faceclean.search.face_search import search
     from faceclean.search.space import load_space
     from faceclean.search.surrogate import SurrogateObjective
 

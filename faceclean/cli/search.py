@@ -8,7 +8,7 @@ import click
 
 from faceclean.cli.common import Finite, OneLineUsage, console, main
 
-# Not faceclean.search.engine: `faceclean --help` must not import torch.
+# Not faceclean.search.search_loop: `faceclean --help` must not import torch.
 from faceclean.search.defaults import DEFAULTS as _D
 from faceclean.search.defaults import METHODS
 
@@ -276,7 +276,7 @@ def search_cmd(
     ray_address,
 ):
     """Jointly search cleaning thresholds, margin loss and backbone (RL controller + PPO)."""
-    from faceclean.search.loop import run_search
+    from faceclean.search.face_search import run_search
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")

@@ -1,8 +1,8 @@
 """Stage 4, search: the joint search over cleaning thresholds, margin loss and backbone.
 
 Modules: ``space`` (the nine tokens, the TOML search space, difficulty), ``controller``
-(the LSTM controller and PPO), ``engine`` (the resumable search loop and its defaults),
-``loop`` (the CLI's ``faceclean search`` on real trials; re-exports the engine), ``state``
+(the LSTM controller and PPO), ``search_loop`` (the resumable search loop and its defaults),
+``face_search`` (the CLI's ``faceclean search`` on real faces; re-exports the loop), ``state``
 (the JSON + tensors state file), ``trial_log`` (trials.jsonl), ``methods`` (random, TPE and
 Gaussian search, the spawn pool and the Ray executor), ``trial`` (one trial on real data:
 clean, train, score), ``signal`` (the signal check: trial noise and chance before a search),
@@ -18,11 +18,11 @@ from faceclean._lazy import lazy_exports
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "search": "loop",
-        "run_search": "loop",
+        "search": "face_search",
+        "run_search": "face_search",
         "read_log": "trial_log",
-        "DEFAULTS": "loop",
-        "SearchResult": "loop",
+        "DEFAULTS": "face_search",
+        "SearchResult": "face_search",
         "TOKENS": "space",
         "BASELINE": "space",
         "SearchSpace": "space",

@@ -24,7 +24,7 @@ measured to stall or collapse the search (benchmarks/bench_search.py):
   ``entropy_floor`` x its uniform entropy, so the controller keeps exploring;
 - the search draws only combinations not tried yet (:meth:`Controller.sample_novel`), and
   draws more than it runs, leaving the pick to a reward predictor
-  (:mod:`faceclean.search.predictor`; see :mod:`faceclean.search.engine`).
+  (:mod:`faceclean.search.predictor`; see :mod:`faceclean.search.search_loop`).
 
 Entropies are in nats; ``policy_entropy`` is the sum over tokens (uniform = sum log n).
 """

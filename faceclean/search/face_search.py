@@ -1,5 +1,5 @@
 """`faceclean search` on real faces: :func:`run_search` wires :class:`FaceTrial` into the
-search loop (:func:`faceclean.search.engine.search`, re-exported here with its defaults),
+search loop (:func:`faceclean.search.search_loop.search`, re-exported here with its defaults),
 shows a live status table, writes the plots and re-trains the best combinations. Inputs are
 fingerprinted into the search state so that a resume on other embeddings, another
 validation set or another space is refused."""
@@ -15,8 +15,8 @@ import numpy as np
 from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import output_lock, refuse_inputs
-from faceclean.search.engine import DEFAULTS, METHODS, SearchResult, reward, search
 from faceclean.search.fidelity import spent
+from faceclean.search.search_loop import DEFAULTS, METHODS, SearchResult, reward, search
 from faceclean.search.signal import ties
 from faceclean.search.space import TOKENS
 from faceclean.search.trial_log import read_log
