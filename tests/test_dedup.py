@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from faceclean.cleaning.dedup import components, find_duplicates
+from faceclean.cleaning.dedup import find_duplicates
+from faceclean.cleaning.graph import components
 from faceclean.cli import main
 from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
 

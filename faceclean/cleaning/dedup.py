@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from faceclean.cleaning.graph import components
 from faceclean.cleaning.near_pairs import PairSearch, near_pairs, unit_centroids_t
 from faceclean.cleaning.overlap import identities, paths_of, read_exclude
 from faceclean.data.store import (
@@ -35,20 +36,6 @@ from faceclean.data.store import (
     open_stores,
 )
 from faceclean.errors import FacecleanError
-
-
-def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Connected-component id (the smallest member) of each of n nodes, edges a[i]-b[i]."""
-    comp = np.arange(n)
-    while True:
-        low = np.minimum(comp[a], comp[b])
-        new = comp.copy()
-        np.minimum.at(new, a, low)
-        np.minimum.at(new, b, low)
-        new = new[new]  # pointer jumping: follow each node's representative
-        if np.array_equal(new, comp):
-            return comp
-        comp = new
 
 
 @dataclass

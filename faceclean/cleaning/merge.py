@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
 from faceclean.cleaning.filter import normalise_rows
+from faceclean.cleaning.graph import component_groups
 
 WARN_MERGED_SHARE = 0.5  # of the present classes, inside merged groups
 
@@ -56,7 +57,7 @@ class MergeResult:
 
 def mean_within(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Mean cosine between two distinct unit samples of each class (NaN below 2)."""
-    sq = np.einsum("kd,kd->k", sums, sums)
+    sq = np.einsum("kd,kd->k", sums, sums, dtype=np.float64)  # float64 sums, no copy
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts >= 2, (sq - counts) / (counts * (counts - 1.0)), np.nan)
 
@@ -68,33 +69,13 @@ def link_ratio(sa, sb, na, nb, mu_a, mu_b) -> np.ndarray:
         return nu / np.sqrt(np.maximum(mu_a * mu_b, 1e-12))
 
 
-def _components(nodes: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
-    """Connected components of an undirected graph (union-find with path halving)."""
-    parent = {int(n): int(n) for n in nodes}
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for u, v in zip(a.tolist(), b.tolist(), strict=True):
-        ru, rv = find(u), find(v)
-        if ru != rv:
-            parent[max(ru, rv)] = min(ru, rv)
-    groups: dict[int, list[int]] = {}
-    for n in parent:
-        groups.setdefault(find(n), []).append(n)
-    return [np.asarray(sorted(g), np.int64) for g in groups.values()]
-
-
 def _guarded(nodes, a, b, w, max_size: int) -> tuple[list[np.ndarray], bool]:
     """Components, cutting the weakest links of any component larger than ``max_size``."""
     out, cut = [], False
     stack = [(nodes, a, b, w)]
     while stack:
         nodes, a, b, w = stack.pop()
-        for comp in _components(nodes, a, b):
+        for comp in component_groups(nodes, a, b):
             if max_size <= 0 or len(comp) <= max_size:
                 out.append(comp)
                 continue
@@ -145,13 +126,14 @@ def merge_classes(
     present = np.flatnonzero(counts > 0)
     # float32 throughout, one K x d copy at most (no float64 intermediates: at 2M classes
     # x 512-d each would be 8.2 GB).
-    sums = np.asarray(sums)
-    sums = sums if len(present) == len(sums) else sums[present]
-    centroids = normalise_rows(sums.astype(np.float32, copy=False))
-    a, b, w = centroid_links(centroids, present, tau_inter, device)
-    sums, counts = np.asarray(sums, np.float64), np.asarray(counts)
+    sums, counts = np.asarray(sums), np.asarray(counts)
+    kept = sums if len(present) == len(sums) else sums[present]
+    centroids = normalise_rows(kept.astype(np.float32, copy=False))
+    a, b, w = centroid_links(centroids, present, tau_inter, device)  # a, b: labels
     mu = mean_within(sums, counts)
-    ratio = link_ratio(sums[a], sums[b], counts[a], counts[b], mu[a], mu[b])
+    # Only the linked rows in float64 (the guard's ratio), never a K x d copy.
+    sa, sb = np.asarray(sums[a], np.float64), np.asarray(sums[b], np.float64)
+    ratio = link_ratio(sa, sb, counts[a], counts[b], mu[a], mu[b])
     # A singleton has no within-class cosine: its ratio is NaN and the guard lets it pass.
     held = ratio < min_ratio if min_ratio is not None else np.zeros(len(a), bool)
     comps, cut = _guarded(present, a[~held], b[~held], w[~held], max_group_size)
@@ -165,7 +147,9 @@ def merge_classes(
         if len(comp) > 1:
             groups.append(comp.tolist())
     if cut:
-        n_cut = sum(1 for g in _components(present, a[~held], b[~held]) if len(g) > max_group_size)
+        n_cut = sum(
+            1 for g in component_groups(present, a[~held], b[~held]) if len(g) > max_group_size
+        )
     same = merged[a] == merged[b]
     groups.sort(key=lambda g: (-len(g), g[0]))
     share = sum(len(g) for g in groups) / max(len(present), 1)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from faceclean.cleaning.dedup import components
+from faceclean.cleaning.graph import components
 from faceclean.cleaning.merge import MergeResult
 from faceclean.cleaning.overlap import read_exclude
 from faceclean.cleaning.review_file import read_review
