@@ -19,11 +19,21 @@ from faceclean.cleaning.clean import read_clean_summary
 from faceclean.cleaning.filter import filter_store
 from faceclean.cleaning.merge import merge_classes
 from faceclean.cleaning.noise import evaluate, split_pairs
+from faceclean.data.store import read_parquet_columns
 from faceclean.errors import FacecleanError
 from faceclean.outputs import commit_files, tmp_sibling, writing
 
 TAU_INTRA_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TAU_INTER_SWEEP = (0.3, 0.4, 0.5, 0.55, 0.6, 0.62, 0.65, 0.7, 0.8, 0.9)
+
+
+# What evaluate-cleaning reads of an inject-noise truth table.
+TRUTH_COLUMNS = {
+    "path": pa.string(),
+    "true_label": pa.int64(),
+    "noisy_label": pa.int64(),
+    "noise": pa.string(),
+}
 
 
 def _aligned_noise(scores: pa.Table, truth: pa.Table, truth_path: Path) -> np.ndarray:
@@ -114,7 +124,7 @@ def evaluate_clean_dir(
 
 def _evaluate(clean_dir: Path, truth_path: Path, summary: dict, csv_path: Path | None) -> dict:
     scores = pq.read_table(clean_dir / "scores.parquet")
-    truth = pq.read_table(truth_path)
+    truth = read_parquet_columns(truth_path, TRUTH_COLUMNS, "truth table of `inject-noise`")
     noise = _aligned_noise(scores, truth, truth_path)
     merges = pq.read_table(clean_dir / "merges.parquet")
     k = int(max(merges["label"].to_numpy().max(), truth["noisy_label"].to_numpy().max())) + 1

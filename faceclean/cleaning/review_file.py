@@ -82,14 +82,32 @@ def read_review(path: str | Path) -> pa.Table:
     meta = table.schema.metadata or {}
     if _FORMAT_KEY not in meta:
         raise FacecleanError("not a `faceclean review` file (no review format recorded)", path)
-    fmt = int(meta[_FORMAT_KEY])
+    try:
+        fmt = int(meta[_FORMAT_KEY])
+    except ValueError:
+        raise FacecleanError(
+            f"not a `faceclean review` file (its format tag is {meta[_FORMAT_KEY][:20]!r})", path
+        ) from None
     if fmt > REVIEW_FORMAT:
         raise FacecleanError(
             f"written by a newer faceclean (review format {fmt}; this version reads up to "
             f"{REVIEW_FORMAT}): upgrade faceclean",
             path,
         )
-    missing = [n for n in ("key", "kind", "decision") if n not in table.schema.names]
+    missing = [f.name for f in SCHEMA if f.name not in table.schema.names]
     if missing:
         raise FacecleanError(f"review file lacks column(s) {', '.join(missing)}", path)
-    return table
+    try:  # a file can declare any type: the applying code trusts these
+        table = table.select(SCHEMA.names).cast(SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        msg = str(e).splitlines()[0][:100]
+        raise FacecleanError(f"review file has columns of the wrong type ({msg})", path) from None
+    pairs = zip(table["kind"].to_pylist(), table["decision"].to_pylist(), strict=True)
+    for kind, decision in set(pairs):
+        if kind not in DECISIONS or (decision is not None and decision not in DECISIONS[kind]):
+            raise FacecleanError(
+                f"review file holds decision {decision!r} for {kind!r}, which no review "
+                f"makes (kinds and decisions: {DECISIONS})",
+                path,
+            )
+    return table.replace_schema_metadata(meta)

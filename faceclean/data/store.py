@@ -351,3 +351,26 @@ def iter_embeddings(
             else:
                 out[name] = col.to_numpy(zero_copy_only=False)
         yield out
+
+
+def read_parquet_columns(path: str | Path, columns: dict, what: str) -> pa.Table:
+    """``columns`` (name -> Arrow type) of a Parquet table that must hold them, cast to those
+    types; any other file (not Parquet, empty, missing a column, a column of another type)
+    is one FacecleanError naming ``path`` and ``what`` it should have been."""
+    try:
+        table = pq.read_table(path)
+    except Exception as e:
+        msg = str(e).splitlines()[0][:100]
+        raise FacecleanError(f"not a Parquet {what} ({msg})", path) from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise FacecleanError(
+            f"not a {what}: column(s) {', '.join(missing)} missing "
+            f"(has: {', '.join(table.column_names)})",
+            path,
+        )
+    try:
+        return table.select(list(columns)).cast(pa.schema(list(columns.items())))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        types = ", ".join(f"{c} {table.schema.field(c).type}" for c in columns)
+        raise FacecleanError(f"not a {what}: wrong column types ({types})", path) from None

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
 from faceclean.data.datasets import open_dataset, read_image_bytes
 from faceclean.data.preprocess import Preprocessing, load_pixels, normalise
+from faceclean.data.store import read_parquet_columns
 from faceclean.errors import FacecleanError
 
 
@@ -34,7 +35,7 @@ def read_clean_list(path: str | Path, data_root: str | Path | None = None):
     if not path.exists():
         raise FacecleanError("clean list not found", path)
     if path.suffix == ".parquet":
-        table = pq.read_table(path, columns=["path", "label"])
+        table = read_parquet_columns(path, {"path": pa.string(), "label": pa.int64()}, "clean list")
         paths, labels = table["path"].to_pylist(), table["label"].to_numpy().astype(np.int64)
         root = Path(data_root) if data_root else _recorded_root(path) or path.parent
     elif path.suffix in (".lst", ".txt"):

@@ -131,8 +131,18 @@ def load_run(
                 run_dir,
             )
     # Only the backbone: the head of a 2M-identity run is a 4 GB matrix nobody needs here.
-    model = build_backbone(cfg)
-    model.load_state_dict(state["model"])
+    try:
+        model = build_backbone(cfg)
+    except (TypeError, ValueError) as e:  # a value of another type (width "x", size null)
+        raise FacecleanError(f"config.json has a bad value ({str(e)[:120]})", run_dir) from None
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:  # a config.json from another run
+        first = str(e).strip().splitlines()[0][:120]
+        raise FacecleanError(
+            f"checkpoint.pt does not match config.json (another run's config?): {first}",
+            run_dir,
+        ) from None
     return model.eval(), cfg
 
 

@@ -1,0 +1,106 @@
+"""Defects of the second fuzzing pass, one test each: a file that is not what the verb
+expects is one error line naming it, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from faceclean.cleaning.review_file import SCHEMA
+from faceclean.cli import main
+from faceclean.data.synthetic import clustered_embeddings, make_face_folder, write_embedding_store
+
+
+def one_line(args: list[str], *needles: str) -> str:
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert res.output.strip().count("\n") == 0 and "Traceback" not in res.output, res.output
+    for needle in needles:
+        assert needle in res.output, res.output
+    return res.output
+
+
+@pytest.fixture()
+def store(tmp_path):
+    x, y = clustered_embeddings(10, 6, dim=16, seed=0)
+    return write_embedding_store(tmp_path / "s.parquet", x, y)
+
+
+def _review(path, table, fmt=b"1"):
+    pq.write_table(table.replace_schema_metadata({b"faceclean_review_format": fmt}), path)
+    return path
+
+
+def test_review_files_that_declare_nonsense(store, tmp_path):
+    """A format tag 'abc' (ValueError), missing columns or a decision no review makes
+    (KeyError when applied; an unknown kind was applied as a drop)."""
+    row = {n: [None] for n in SCHEMA.names}
+    row |= {"key": ["img/0.jpg"], "kind": ["removals"], "decision": ["drop"]}
+    good = pa.table(row, schema=SCHEMA)
+    cases = [
+        (_review(tmp_path / "a.parquet", good, b"abc"), "its format tag is"),
+        (
+            _review(tmp_path / "b.parquet", good.select(["key", "kind", "decision"])),
+            "lacks column(s) file",
+        ),
+        (
+            _review(tmp_path / "c.parquet", good.set_column(1, "kind", pa.array(["bogus"]))),
+            "no review makes",
+        ),
+        (
+            _review(tmp_path / "d.parquet", good.set_column(2, "decision", pa.array(["explode"]))),
+            "no review makes",
+        ),
+    ]
+    for i, (path, message) in enumerate(cases):
+        one_line(
+            ["clean", str(store), "-o", str(tmp_path / f"c{i}"), "--review", str(path)], message
+        )
+
+
+def test_evaluate_cleaning_with_something_else_as_truth(store, tmp_path):
+    out = tmp_path / "c"
+    assert CliRunner().invoke(main, ["clean", str(store), "-o", str(out)]).exit_code == 0
+    (tmp_path / "text.parquet").write_text("hi")
+    for truth, message in [
+        (store, "not a truth table of `inject-noise`: column(s) true_label, noisy_label, noise"),
+        (out / "scores.parquet", "not a truth table"),
+        (tmp_path / "text.parquet", "not a Parquet truth table"),
+    ]:
+        one_line(["evaluate-cleaning", str(out), "--truth", str(truth)], message)
+
+
+def test_train_on_a_corrupt_or_empty_parquet_list(tmp_path):
+    (tmp_path / "bin.parquet").write_bytes(b"\x00\x01garbage" * 50)
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    for name in ("bin.parquet", "empty.parquet"):
+        one_line(
+            ["train", str(tmp_path / name), "-o", str(tmp_path / "run"), "--max-steps", "1"],
+            f"{name}: not a Parquet clean list",
+        )
+
+
+@pytest.mark.slow
+def test_a_run_whose_config_does_not_match_its_checkpoint(tmp_path):
+    """A config.json from another run, or with a mistyped value: RuntimeError / TypeError
+    tracebacks in export and eval."""
+    faces = make_face_folder(tmp_path / "faces", identities=4, per_identity=4, size=32)
+    run = tmp_path / "run"
+    args = ["train", str(faces), "-o", str(run), "--max-steps", "2", "--input-size", "32"]
+    res = CliRunner().invoke(main, [*args, "--batch-size", "8", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    for key, value, message in [
+        ("embedding_size", 64, "checkpoint.pt does not match config.json"),
+        ("width", "x", "config.json has a bad value"),
+    ]:
+        bad = tmp_path / f"bad-{key}"
+        shutil.copytree(run, bad)
+        cfg = json.loads((bad / "config.json").read_text())
+        cfg[key] = value
+        (bad / "config.json").write_text(json.dumps(cfg))
+        one_line(["export", str(bad), "-o", str(tmp_path / f"{key}.onnx")], message)
