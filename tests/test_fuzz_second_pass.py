@@ -104,3 +104,42 @@ def test_a_run_whose_config_does_not_match_its_checkpoint(tmp_path):
         cfg[key] = value
         (bad / "config.json").write_text(json.dumps(cfg))
         one_line(["export", str(bad), "-o", str(tmp_path / f"{key}.onnx")], message)
+
+
+def test_kind_one_defects_of_the_second_pass(store, tmp_path):
+    """Each exited 0 with a wrong or misleading result."""
+    # The report named removals/page-0001.html as page-0001.html.
+    clean_dir = tmp_path / "c"
+    res = CliRunner().invoke(main, ["clean", str(store), "-o", str(clean_dir), "--tau-intra", "2"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(
+        main, ["report", str(clean_dir), "-o", str(tmp_path / "rep"), "--json", "-"]
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{") :])["summary"]
+    assert summary["removals_pages"].endswith("rep/removals/page-0001.html")
+    for key, value in summary.items():
+        if key != "contact_sheet":
+            assert (tmp_path / "rep").joinpath(*value.split("rep/")[-1].split("/")).exists(), key
+    # The contact sheet was left out without a word when the images were not found.
+    assert summary["contact_sheet"].startswith("not made")
+    # A NaN norm passed a --min-norm floor.
+    t = pq.read_table(store)
+    norm = t["norm"].to_numpy().copy()
+    norm[1] = float("nan")
+    nan_norm = tmp_path / "nan-norm.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("norm"), "norm", pa.array(norm)), nan_norm)
+    res = CliRunner().invoke(
+        main, ["filter", str(nan_norm), "--min-norm", "0.5", "-o", str(tmp_path / "f.parquet")]
+    )
+    assert res.exit_code == 0, res.output
+    assert not pq.read_table(tmp_path / "f.parquet")["keep"][1].as_py()
+    # A floor that empties the set was reported as tau_intra doing it.
+    res = CliRunner().invoke(
+        main, ["filter", str(store), "--min-cos-pos", "2", "-o", str(tmp_path / "g.parquet")]
+    )
+    assert "the floor(s) min_cos_pos 2.0 drops every sample" in res.output, res.output
+    # overlap did not see that EVAL was a hard link to TRAIN.
+    hard = tmp_path / "hard.parquet"
+    hard.hardlink_to(store)
+    one_line(["overlap", str(store), str(hard), "-o", str(tmp_path / "ov")], "same file")

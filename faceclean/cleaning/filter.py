@@ -226,12 +226,20 @@ class FilterResult:
         """Raise a named error when the threshold dropped every sample: an empty clean
         list or merge must never look like a result."""
         if self.num_kept == 0:
+            what, advice = self.what_drops_all(tau_intra)
             raise FacecleanError(
-                f"tau_intra {tau_intra}{self.thresholds.floors() if self.thresholds else ''} "
-                f"drops every sample (the largest D is "
-                f"{self.max_discriminability:.3g}); nothing would be left: lower --tau-intra",
+                f"{what} drops every sample (the largest D is "
+                f"{self.max_discriminability:.3g}); nothing would be left: {advice}",
                 where,
             )
+
+    def what_drops_all(self, tau_intra: float) -> tuple[str, str]:
+        """(which threshold empties the set, what to change), for the warning and the
+        error: tau_intra when no sample reaches it, else the floors that are on."""
+        floors = self.thresholds.floors() if self.thresholds else ""
+        if not floors or not self.max_discriminability >= tau_intra:
+            return f"tau_intra {tau_intra}{floors}", "lower --tau-intra"
+        return f"the floor(s){floors.replace(' with', '')}", "lower the floor(s) or turn them off"
 
     @property
     def dropped_per_class(self) -> np.ndarray:
@@ -422,8 +430,8 @@ def _filter(
             keep = ~(np.float64(d) < tau_intra)  # NaN (singletons) is kept
             if thresholds.min_cos_pos is not None:
                 keep &= ~(np.float64(scores["cos_pos"]) < thresholds.min_cos_pos)
-            if thresholds.min_norm is not None:
-                keep &= ~(np.float64(batch["norm"]) < thresholds.min_norm)
+            if thresholds.min_norm is not None:  # a NaN norm is not above the floor
+                keep &= np.float64(batch["norm"]) >= thresholds.min_norm
             drop = ~keep
             if drop.any():
                 y = batch["label"][drop]

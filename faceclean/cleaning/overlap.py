@@ -18,6 +18,7 @@ classes of ``exclude.parquet``.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def _comparable(train, evaluation) -> None:
     """Cosines across two stores mean something only for one model and preprocessing;
     their label spaces are their own."""
     (tp, tpf), (ep, epf) = train, evaluation
-    if Path(tp).resolve() == Path(ep).resolve():
+    if Path(tp).resolve() == Path(ep).resolve() or os.path.samefile(tp, ep):
         # Every identity would "overlap" itself: a mistyped argument, not a finding.
         raise FacecleanError("the training and evaluation stores are the same file", ep)
     td = tpf.schema_arrow.field("embedding").type.list_size

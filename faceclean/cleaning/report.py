@@ -123,7 +123,14 @@ def write_report(
     output = Path(output) if output is not None else clean_dir / "report"
     with writing(output, overwrite=overwrite, inputs=[clean_dir], folder=True) as tmp:
         files = _write_report(clean_dir, summary, data_root, tmp)
-    return {k: output / v.name for k, v in files.items()}
+    # Paths inside the folder as they are there (removals/page-0001.html, not page-0001.html).
+    out: dict = {k: output / v.relative_to(tmp) for k, v in files.items()}
+    if "contact_sheet" not in out:  # said, not silently left out
+        out["contact_sheet"] = (
+            "not made: the images are not found (the dataset folder the embeddings record "
+            "is gone); give --data IMAGE_ROOT"
+        )
+    return out
 
 
 def _write_report(clean_dir: Path, summary: dict, data_root, folder: Path) -> dict[str, Path]:

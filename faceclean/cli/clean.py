@@ -85,8 +85,8 @@ def filter_cmd(
     )
     if r.num_kept == 0:  # the scores are complete, but nothing passes: say so loudly
         _warn(
-            f"tau_intra {r.thresholds.tau_intra} drops every sample (the largest D is "
-            f"{r.max_discriminability:.3g}): a clean at this threshold would be empty"
+            f"{r.what_drops_all(r.thresholds.tau_intra)[0]} drops every sample (the largest "
+            f"D is {r.max_discriminability:.3g}): a clean at this threshold would be empty"
         )
     _summary_table(
         "faceclean filter",
