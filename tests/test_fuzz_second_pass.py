@@ -143,3 +143,13 @@ def test_kind_one_defects_of_the_second_pass(store, tmp_path):
     hard = tmp_path / "hard.parquet"
     hard.hardlink_to(store)
     one_line(["overlap", str(store), str(hard), "-o", str(tmp_path / "ov")], "same file")
+
+
+def test_a_clean_folder_whose_summary_is_not_cleans(store, tmp_path):
+    """`report` on a folder whose summary.json lacked keys was a KeyError traceback."""
+    clean_dir = tmp_path / "c"
+    assert CliRunner().invoke(main, ["clean", str(store), "-o", str(clean_dir)]).exit_code == 0
+    (clean_dir / "summary.json").write_text(json.dumps({"verb": "clean", "summary": {}}))
+    one_line(["report", str(clean_dir), "-o", str(tmp_path / "r")], "lacks embeddings")
+    (clean_dir / "summary.json").write_text("[1, 2")
+    one_line(["report", str(clean_dir), "-o", str(tmp_path / "r")], "not JSON")

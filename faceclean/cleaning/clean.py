@@ -145,7 +145,17 @@ def read_clean_summary(clean_dir: Path) -> dict:
     path = Path(clean_dir) / "summary.json"
     if not path.is_file():
         raise FacecleanError("not a `faceclean clean` output (no summary.json)", clean_dir)
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise FacecleanError("not a `faceclean clean` summary (not JSON)", path) from None
+    needed = ("embeddings", "tau_intra", "tau_inter", "samples")
+    missing = [k for k in needed if k not in summary] if isinstance(summary, dict) else []
+    if not isinstance(summary, dict) or missing:
+        raise FacecleanError(
+            f"not a `faceclean clean` summary (lacks {', '.join(missing) or 'its keys'})", path
+        )
+    return summary
 
 
 @dataclass
