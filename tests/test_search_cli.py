@@ -3,6 +3,7 @@ options have ranges (one-line errors, nothing written), and a real search with t
 and proxy trials runs end to end and records its proxy settings."""
 
 import inspect
+import json
 import subprocess
 import sys
 
@@ -136,10 +137,12 @@ def test_two_worker_proxy_search_end_to_end_then_overwrite(tmp_path):
             str(out), "--steps", "1", "--batch", "2", "--workers", "2", "--input-size", "56",
             "--embedding-size", "32", "--max-steps", "2", "--batch-size", "8", "--far", "0.01",
             "--trial-identities", "5", "--signal-seeds", "0"]  # fmt: skip
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*args, "--json", str(tmp_path / "search.json")])
     assert result.exit_code == 0, result.output
     log = read_log(out)
     assert len(log) == 2 and all(t["error"] is None for t in log), log
+    doc = json.loads((tmp_path / "search.json").read_text())
+    assert doc["verb"] == "search" and doc["summary"], doc
     assert all(t["trial_identities"] == 5 and t["max_steps"] == 2 for t in log)
     assert all(t["train_steps"] == 2 for t in log)
     subsets = list((out / "clean").glob("*/subset5_seed0.parquet"))

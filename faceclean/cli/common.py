@@ -325,7 +325,7 @@ def _summary_table(title: str, rows: dict) -> None:
 def record_summary(title: str, rows: dict) -> None:
     """Keep ``rows`` (a verb's result, plain values) for ``--json``; printing is the caller's."""
     ctx = click.get_current_context(silent=True)
-    if ctx is not None:
+    if ctx is not None and rows is not None:
         ctx.find_root().meta.setdefault(_SUMMARIES_KEY, []).append((title, dict(rows)))
 
 

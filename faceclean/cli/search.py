@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from faceclean.cli.common import Finite, OneLineUsage, console, main
+from faceclean.cli.common import Finite, OneLineUsage, console, main, record_summary
 
 # Not faceclean.search.search_loop: `faceclean --help` must not import torch.
 from faceclean.search.defaults import DEFAULTS as _D
@@ -298,7 +298,7 @@ def search_cmd(
             combos=fidelity_combos, seed=seed, console=console,
         )  # fmt: skip
         return
-    run_search(
+    summary = run_search(
         embeddings,
         val,
         output,
@@ -334,6 +334,7 @@ def search_cmd(
         console=console,
         ray_address=ray_address,
     )
+    record_summary("faceclean search", summary)
 
 
 @main.command(cls=OneLineUsage)
@@ -363,4 +364,5 @@ def demo(output, identities, images_per_identity, model, steps, batch, seed):
     bootstrap extractor, extract, clean (scored against the noise), joint search, re-train."""
     from faceclean.demo import run_demo
 
-    run_demo(output, identities, images_per_identity, seed, console, model, steps, batch)
+    result = run_demo(output, identities, images_per_identity, seed, console, model, steps, batch)
+    record_summary("faceclean demo", result)
