@@ -21,12 +21,11 @@ WIDTH = 100  # fixed, so the text does not depend on the terminal that renders i
 def verb_help(verb: str) -> str:
     """``faceclean VERB --help`` as it prints at :data:`WIDTH` columns."""
     command = main.commands[verb]
-    parent = click.Context(
-        main, info_name="faceclean", terminal_width=WIDTH, max_content_width=WIDTH
-    )
-    ctx = click.Context(
-        command, parent=parent, info_name=verb, terminal_width=WIDTH, max_content_width=WIDTH
-    )
+    # As `faceclean VERB --help` builds them: the group's context settings (-h, --help) are
+    # inherited, so the text does not depend on which context first made the help option.
+    settings = {**main.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
+    parent = click.Context(main, info_name="faceclean", **settings)
+    ctx = click.Context(command, parent=parent, info_name=verb, **settings)
     return command.get_help(ctx).rstrip() + "\n"
 
 
