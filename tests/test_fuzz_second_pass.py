@@ -153,3 +153,29 @@ def test_a_clean_folder_whose_summary_is_not_cleans(store, tmp_path):
     one_line(["report", str(clean_dir), "-o", str(tmp_path / "r")], "lacks embeddings")
     (clean_dir / "summary.json").write_text("[1, 2")
     one_line(["report", str(clean_dir), "-o", str(tmp_path / "r")], "not JSON")
+
+
+def test_third_pass_json_companions_and_a_foreign_truth(store, tmp_path):
+    """--json took a verb's companion files (X.truth.parquet, X.failures.tsv, X.idx);
+    evaluate-cleaning scored a clean against another inject-noise run's truth (exit 0)."""
+    noisy = tmp_path / "n.parquet"
+    one_line(
+        ["inject-noise", str(store), "-o", str(noisy), "--json", str(tmp_path / "n.truth.parquet")],
+        "companion",
+    )
+    runner = CliRunner()
+    other = tmp_path / "m.parquet"
+    for out, seed in ((noisy, "0"), (other, "7")):
+        res = runner.invoke(main, ["inject-noise", str(store), "-o", str(out), "--seed", seed])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["clean", str(noisy), "-o", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    one_line(
+        ["evaluate-cleaning", str(tmp_path / "c"), "--truth", str(tmp_path / "m.truth.parquet")],
+        "another label in the truth",
+    )
+    res = runner.invoke(
+        main,
+        ["evaluate-cleaning", str(tmp_path / "c"), "--truth", str(tmp_path / "n.truth.parquet")],
+    )
+    assert res.exit_code == 0, res.output

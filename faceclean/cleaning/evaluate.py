@@ -37,13 +37,27 @@ TRUTH_COLUMNS = {
 
 
 def _aligned_noise(scores: pa.Table, truth: pa.Table, truth_path: Path) -> np.ndarray:
-    by_path = dict(zip(truth["path"].to_pylist(), truth["noise"].to_pylist(), strict=True))
+    """The noise kind of every scored row, from the truth; the truth must describe the
+    store the clean read: same paths and, for each, the label the store files it under
+    (another inject-noise run of the same store has the paths but other labels)."""
+    t_paths = truth["path"].to_pylist()
+    by_path = dict(zip(t_paths, truth["noise"].to_pylist(), strict=True))
+    label_of = dict(zip(t_paths, truth["noisy_label"].to_pylist(), strict=True))
+    paths, labels = scores["path"].to_pylist(), scores["label"].to_pylist()
     try:
-        return np.asarray([by_path[p] for p in scores["path"].to_pylist()])
+        differ = sum(label_of[p] != y for p, y in zip(paths, labels, strict=True))
+        noise = np.asarray([by_path[p] for p in paths])
     except KeyError as e:
         raise FacecleanError(
             f"path {e.args[0]!r} of the scores is not in the truth", truth_path
         ) from None
+    if differ:
+        raise FacecleanError(
+            f"{differ} of {len(paths)} rows have another label in the truth than in the "
+            "cleaned store: the truth of another inject-noise run?",
+            truth_path,
+        )
+    return noise
 
 
 def sweep(

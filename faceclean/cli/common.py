@@ -106,6 +106,17 @@ def _check_json_target(ctx: click.Context) -> None:
                 "it); write the summary elsewhere",
                 param_hint="'--json'",
             )
+    output = ctx.params.get("output")
+    if isinstance(output, Path) and target.suffix != ".json":
+        # Outputs have companions named after them (X.truth.parquet, X.failures.tsv,
+        # X.align.parquet, X.idx beside X.rec), never .json: --json must not take one.
+        stem = output.name.split(".")[0]
+        if output.resolve().parent == resolved.parent and target.name.startswith(stem + "."):
+            raise click.BadParameter(
+                f"{target} is named like a companion {output} writes beside it; name the "
+                "summary FILE.json",
+                param_hint="'--json'",
+            )
 
 
 def _remember_json(ctx: click.Context, param, value):
