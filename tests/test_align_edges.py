@@ -88,3 +88,22 @@ def test_a_full_disk_while_packing_a_rec_says_what_is_kept(same_named, tmp_path,
     assert "out.rec: No space left on device while packing the crops" in res.output
     assert "out.rec.partial" in res.output and "resumes" in res.output
     assert res.output.strip().count("\n") == 0
+
+
+@needs_raw
+def test_rec_labels_keep_identities_apart_when_names_spell_one_number(tmp_path):
+    """Folders "7" and "07" were both packed as label 7: two people filed as one."""
+    from faceclean.data.datasets import open_dataset
+
+    src = sorted(RAW.rglob("*.jpg"))
+    for name, photo in (("7", src[0]), ("07", src[40])):
+        (tmp_path / "n" / name).mkdir(parents=True)
+        shutil.copy(photo, tmp_path / "n" / name / "a.jpg")
+    res = CliRunner().invoke(
+        main,
+        ["align", str(tmp_path / "n"), "-o", str(tmp_path / "n.rec"), "--detector", str(DETECTOR),
+         "--no-refine", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = open_dataset(tmp_path / "n.rec")
+    assert len(set(ds.labels.tolist())) == 2

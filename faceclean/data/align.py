@@ -276,7 +276,10 @@ def align(
     if rec:
         order = sorted(range(n), key=lambda i: ds.labels[i])  # a .rec wants labels grouped
         # A list file's integer labels are kept; identity folder names become 0..K-1.
-        numeric = all(s.lstrip("-").isdigit() for s in ds.identities)
+        # Written integers only where each name is one integer's own spelling: "7" and "07"
+        # would both become label 7, two people filed as one.
+        numeric = all(s.lstrip("-").isdigit() and str(int(s)) == s for s in ds.identities)
+        numeric = numeric and len({int(s) for s in ds.identities}) == len(ds.identities)
         label = [int(s) for s in ds.identities] if numeric else list(range(ds.num_classes))
         items = (
             (label[ds.labels[i]], (out_root / r).read_bytes()) for i in order for r in crops[i]
