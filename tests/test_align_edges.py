@@ -107,3 +107,22 @@ def test_rec_labels_keep_identities_apart_when_names_spell_one_number(tmp_path):
     assert res.exit_code == 0, res.output
     ds = open_dataset(tmp_path / "n.rec")
     assert len(set(ds.labels.tolist())) == 2
+
+
+@needs_raw
+def test_another_input_into_the_same_output_is_not_resumed(tmp_path):
+    """A second DATA with the same file names resumed on the first one's crops (exit 0)."""
+    src = sorted(RAW.rglob("*.jpg"))
+    for folder, photo in (("s1", src[0]), ("s2", src[40])):
+        (tmp_path / folder / "x").mkdir(parents=True)
+        shutil.copy(photo, tmp_path / folder / "x" / "p.jpg")
+    out = tmp_path / "out"
+    base = ["-o", str(out), "--detector", str(DETECTOR), "--no-refine", "-q"]
+    assert CliRunner().invoke(main, ["align", str(tmp_path / "s1"), *base]).exit_code == 0
+    first = (out / "x" / "p.jpg").read_bytes()
+    res = CliRunner().invoke(
+        main, ["align", str(tmp_path / "s2"), *base, "--json", str(tmp_path / "a.json")]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a.json").read_text())["summary"]["resumed"] == 0
+    assert (out / "x" / "p.jpg").read_bytes() != first

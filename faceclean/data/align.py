@@ -225,6 +225,10 @@ def align(
         **opts.__dict__,
         "detector": f"{det.path.name} {det.max_side}",
         "embedder": str(embedder.model.path.name) if pick == "identity" else None,
+        # Which photos: another DATA (or --root) into the same output must not resume on
+        # crops of other photos that happen to share names.
+        "source": str(source.resolve()),
+        "root": str(Path(ds.root).resolve()),
     }
     out_root.mkdir(parents=True, exist_ok=True)
     # A killed run leaves its half-written crop as .NAME.tmp-PID beside the crop: remove
