@@ -126,3 +126,20 @@ def test_another_input_into_the_same_output_is_not_resumed(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "a.json").read_text())["summary"]["resumed"] == 0
     assert (out / "x" / "p.jpg").read_bytes() != first
+
+
+@needs_raw
+def test_a_photo_that_could_not_be_read_is_tried_again(tmp_path):
+    """A listed photo not there yet failed as 'cannot open' and a re-run once it was there
+    resumed it as done: nothing aligned, exit 0."""
+    photo = sorted(RAW.rglob("*.jpg"))[0]
+    (tmp_path / "good" / "x").mkdir(parents=True)
+    listing = tmp_path / "good" / "l.txt"
+    listing.write_text("x/p.jpg 1\n")
+    base = ["align", str(listing), "-o", str(tmp_path / "out"), "--detector", str(DETECTOR)]
+    base += ["--no-refine", "-q", "--json", str(tmp_path / "a.json")]
+    CliRunner().invoke(main, base)
+    shutil.copy(photo, tmp_path / "good" / "x" / "p.jpg")
+    res = CliRunner().invoke(main, base)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a.json").read_text())["summary"]["faces_written"] == 1

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from faceclean.data.align_checks import find_faces, roll_degrees
+from faceclean.data.align_records import UNREADABLE
 from faceclean.data.align_warp import refine_landmarks, warp
 from faceclean.data.detectors import Faces
 from faceclean.data.preprocess import ImageError, decode_image
@@ -129,8 +130,11 @@ def align_photo(
         embed: ``--pick identity``'s :class:`CropEmbedder` (else None).
     """
     try:
-        # extract's decoder: upright by EXIF, RGB, and a reason a person can read.
         data = read()
+    except (FacecleanError, OSError) as e:  # missing or unreadable: retried on a re-run
+        return PhotoResult([_row(path, identity, reason=f"{UNREADABLE}{e}")])
+    try:
+        # extract's decoder: upright by EXIF, RGB, and a reason a person can read.
         image = decode_image(data)
     except (ImageError, FacecleanError, OSError) as e:
         return PhotoResult([_row(path, identity, reason=str(e))])

@@ -41,6 +41,10 @@ SCHEMA = pa.schema(
 )
 COLUMNS = SCHEMA.names
 
+# The reason of a photo that could not be read (a wrong --root, a file not there yet): not
+# done, a re-run tries it again. One read but not an image is done (it stays so).
+UNREADABLE = "unreadable: "
+
 
 def records_path(final: Path) -> Path:
     """``aligned`` -> ``aligned.align.parquet``; ``faces.rec`` -> ``faces.rec.align.parquet``."""
@@ -90,7 +94,9 @@ class RecordLog:
     def done(self, path: str, exists) -> bool:
         """Whether photo ``path`` has rows and every crop they name passes ``exists``."""
         rows = self.previous.get(path)
-        return bool(rows) and all(r["crop"] is None or exists(r["crop"]) for r in rows)
+        if not rows or any((r.get("reason") or "").startswith(UNREADABLE) for r in rows):
+            return False  # an unreadable photo is tried again (the --root may be fixed)
+        return all(r["crop"] is None or exists(r["crop"]) for r in rows)
 
     def add(self, rows: list[dict]) -> None:
         """Rows of one finished photo (call after its crops are written)."""
