@@ -174,8 +174,11 @@ def test_third_pass_json_companions_and_a_foreign_truth(store, tmp_path):
         ["evaluate-cleaning", str(tmp_path / "c"), "--truth", str(tmp_path / "m.truth.parquet")],
         "another label in the truth",
     )
+    truth = str(tmp_path / "n.truth.parquet")
     res = runner.invoke(
-        main,
-        ["evaluate-cleaning", str(tmp_path / "c"), "--truth", str(tmp_path / "n.truth.parquet")],
+        main, ["evaluate-cleaning", str(tmp_path / "c"), "--truth", truth, "--json", "-"]
     )
     assert res.exit_code == 0, res.output
+    # Numbers in --json are numbers (they were the table's "1.000" strings).
+    summary = json.loads(res.stdout[res.stdout.index("{") :])["summary"]
+    assert isinstance(summary["removal_precision"], float)

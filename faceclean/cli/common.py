@@ -323,13 +323,18 @@ def _write_pairs(tables_paths) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _summary_table(title: str, rows: dict) -> None:
-    """Print a verb's summary as a two-column table on stderr and keep it for ``--json``."""
+def _summary_table(title: str, rows: dict, float_format: str | None = None) -> None:
+    """Print a verb's summary as a two-column table on stderr and keep it for ``--json``
+    with its raw values (``float_format``, e.g. ``"{:.4f}"``, is for the table only)."""
     record_summary(title, rows)
     table = Table(title=title, show_header=False)
     for k, v in rows.items():
         plain_int = isinstance(v, int) and not isinstance(v, bool)
-        table.add_row(str(k), f"{v:,}" if plain_int else str(v))
+        if float_format and isinstance(v, float):
+            text = float_format.format(v)
+        else:
+            text = f"{v:,}" if plain_int else str(v)
+        table.add_row(str(k), text)
     console.print(table)
 
 

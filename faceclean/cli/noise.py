@@ -114,5 +114,6 @@ def evaluate_cleaning_cmd(clean_dir, truth, sweep, overwrite):
     result = evaluate_clean_dir(clean_dir, truth, do_sweep=sweep, overwrite=overwrite)
     _summary_table(
         "faceclean evaluate-cleaning",
-        {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()},
+        result,
+        float_format="{:.3f}",
     )

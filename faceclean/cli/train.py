@@ -265,7 +265,8 @@ def train_cmd(
         summary.update(evaluate_run(output, val, (1e-2, 1e-3, 1e-4)))
     _summary_table(
         "faceclean train",
-        {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in summary.items()},
+        summary,
+        float_format="{:.4f}",
     )
 
 
@@ -302,7 +303,7 @@ def eval_cmd(run_dir, val, bins, fars, unfinished, **onnx_opts):
         raise click.UsageError("give --val and/or --bin")
     if run_dir.suffix == ".onnx" and run_dir.is_file():
         rows = evaluate_onnx(run_dir, val, bins, fars, **onnx_opts)
-        _summary_table("faceclean eval", {k: _fmt(v) for k, v in rows.items()})
+        _summary_table("faceclean eval", rows, float_format="{:.4f}")
         return
     asked = [k for k, v in onnx_opts.items() if v is not None and k != "model_device"]
     if asked or onnx_opts.get("model_device") not in (None, "auto"):
@@ -317,11 +318,7 @@ def eval_cmd(run_dir, val, bins, fars, unfinished, **onnx_opts):
         rows.update(evaluate_run(run_dir, val, tuple(fars)))
     for b in bins:
         rows[f"{b.name} accuracy"] = bin_accuracy_text(b, evaluate_run_bin(run_dir, b))
-    _summary_table("faceclean eval", {k: _fmt(v) for k, v in rows.items()})
-
-
-def _fmt(v):
-    return f"{v:.4f}" if isinstance(v, float) else v
+    _summary_table("faceclean eval", rows, float_format="{:.4f}")
 
 
 @main.command("export")
