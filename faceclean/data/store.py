@@ -227,12 +227,12 @@ def _check_shards(stores: list[tuple[Path, pq.ParquetFile]]) -> None:
     beside the whole extraction would double its rows."""
     slices: dict[int, Path] = {}
     count = None
-    sharded = [(p, _meta(pf, p)) for p, pf in stores if "shard" in _meta(pf, p)]
+    metas = [(p, _meta(pf, p)) for p, pf in stores]  # parsed once per store
+    sharded = [(p, m) for p, m in metas if "shard" in m]
     if not sharded:
         return  # independent stores: open_stores has checked their label spaces agree
     spaces = {m.get("label_space") for _, m in sharded}
-    for p, pf in stores:
-        meta = _meta(pf, p)
+    for p, meta in metas:
         if "shard" not in meta and meta.get("label_space") in spaces:
             raise FacecleanError(
                 "the whole extraction given with its own shards: its rows would be read "
@@ -358,19 +358,19 @@ def read_parquet_columns(path: str | Path, columns: dict, what: str) -> pa.Table
     types; any other file (not Parquet, empty, missing a column, a column of another type)
     is one FacecleanError naming ``path`` and ``what`` it should have been."""
     try:
-        table = pq.read_table(path)
+        names = pq.read_schema(path).names
     except Exception as e:
         msg = str(e).splitlines()[0][:100]
         raise FacecleanError(f"not a Parquet {what} ({msg})", path) from None
-    missing = [c for c in columns if c not in table.column_names]
+    missing = [c for c in columns if c not in names]
     if missing:
         raise FacecleanError(
-            f"not a {what}: column(s) {', '.join(missing)} missing "
-            f"(has: {', '.join(table.column_names)})",
+            f"not a {what}: column(s) {', '.join(missing)} missing (has: {', '.join(names)})",
             path,
         )
+    table = pq.read_table(path, columns=list(columns))  # only what is needed
     try:
-        return table.select(list(columns)).cast(pa.schema(list(columns.items())))
+        return table.cast(pa.schema(list(columns.items())))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         types = ", ".join(f"{c} {table.schema.field(c).type}" for c in columns)
         raise FacecleanError(f"not a {what}: wrong column types ({types})", path) from None
