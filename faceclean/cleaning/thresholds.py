@@ -48,6 +48,17 @@ def parse_threshold(value, name: str) -> float | str | None:
     return v
 
 
+def resolve_floors(tau_intra, min_cos_pos, min_norm) -> tuple:
+    """The junk floors' defaults (None: not given): ``"auto"`` when tau_intra is auto, off
+    otherwise, so that a number keeps the paper's filter unchanged. Shared by the CLI and
+    the search's trials, which clean as `faceclean clean --tau-intra auto` would."""
+    default = "auto" if tau_intra == "auto" else None
+    return (
+        default if min_cos_pos is None else min_cos_pos,
+        default if min_norm is None else min_norm,
+    )
+
+
 def parse_thresholds(tau_intra, min_cos_pos, min_norm, has_norm: bool, where) -> tuple:
     """The filter's three thresholds parsed (see :func:`parse_threshold`); a fixed
     ``min_norm`` on a store without a norm column is an error naming ``where``."""

@@ -52,15 +52,6 @@ def floor_options(f):
     return f
 
 
-def resolve_floors(tau_intra, min_cos_pos, min_norm) -> tuple:
-    """The floors' defaults: auto when tau_intra is auto, off otherwise."""
-    default = "auto" if tau_intra == "auto" else None
-    return (
-        default if min_cos_pos is None else min_cos_pos,
-        default if min_norm is None else min_norm,
-    )
-
-
 def tau_inter_option(f):
     """``--tau-inter`` (a cosine or auto) and ``--min-link-ratio`` (the look-alike guard)."""
     f = click.option(
@@ -86,3 +77,11 @@ def resolve_link_ratio(tau_inter, min_link_ratio):
     if min_link_ratio is None:
         return "auto" if tau_inter == "auto" else None
     return None if min_link_ratio == "off" else min_link_ratio
+
+
+def resolve_floors(tau_intra, min_cos_pos, min_norm) -> tuple:
+    """See :func:`faceclean.cleaning.thresholds.resolve_floors` (imported when called, so
+    that ``--help`` does not load NumPy)."""
+    from faceclean.cleaning.thresholds import resolve_floors as resolve
+
+    return resolve(tau_intra, min_cos_pos, min_norm)

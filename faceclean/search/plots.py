@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from faceclean.outputs import commit_files, tmp_sibling
-from faceclean.search.space import TOKENS
+from faceclean.search.space import TOKENS, choice_label
 
 
 def _render(fig, path: Path) -> tuple[Path, Path]:
@@ -83,19 +83,24 @@ def plot_search(
 
         fig, axes = plt.subplots(3, 3, figsize=(10, 8))
         for ax, token in zip(axes.ravel(), TOKENS, strict=True):
-            values = sorted({t[token] for t in ok})
+            # Numbers in order, then "auto" (a tau_intra the trial's data chose).
+            values = sorted(
+                {t[token] for t in ok}, key=lambda v: (v == "auto", 0 if v == "auto" else v)
+            )
             groups = [[t["reward"] for t in ok if t[token] == v] for v in values]
             bars = None
             if sigma is not None and np.isfinite(sigma):
                 bars = [sigma / np.sqrt(len(g)) for g in groups]
-            ax.bar([f"{v:g}" for v in values], [np.mean(g) for g in groups], yerr=bars,
+            ax.bar([choice_label(v) for v in values], [np.mean(g) for g in groups], yerr=bars,
                    color="#4477aa", capsize=2)  # fmt: skip
             ax.set_title(token)
             ax.tick_params(axis="x", labelrotation=90, labelsize=7)
         paths.append(out_dir / "tokens.png")
         rendered.append(_render(fig, paths[-1]))
 
-        best = sorted(ok, key=lambda t: -t["reward"])[:top]
+        # A failed auto trial chose no tau_intra: no data difficulty to place it at.
+        placed = [t for t in ok if t["data_difficulty"] is not None]
+        best = sorted(placed, key=lambda t: -t["reward"])[:top]
         fig, ax = plt.subplots(figsize=(5, 4))
         sc = ax.scatter(
             [t["data_difficulty"] for t in best],

@@ -272,7 +272,7 @@ def search(
                 b = i - step * batch
                 ok = out["error"] is None and out["acc"] is not None and math.isfinite(out["acc"])
                 r = reward(out["acc"], out["macs"], target_macs, alpha) if ok else failure_reward
-                data_d, loss_d = difficulty(combo)
+                data_d, loss_d = difficulty(combo, out.get("tau_intra_chosen"))
                 parents = pending.get("parents")
                 record = {
                     "trial": i,

@@ -31,7 +31,7 @@ import numpy as np
 
 from faceclean.data.store import atomic_path
 from faceclean.search.methods import run_trial
-from faceclean.search.space import BASELINE, TOKENS, SearchSpace
+from faceclean.search.space import AUTO, BASELINE, TOKENS, SearchSpace
 
 # The check's trial seeds sit far above any search trial's (seed * 1_000_003 + trial id),
 # so a check trial never shares its seed with a search trial.
@@ -47,9 +47,16 @@ ADVICE = (
 def check_combos(space: SearchSpace) -> dict[str, dict[str, float]]:
     """{"baseline": the choice nearest the baseline per token, "centre": the middle choice
     per token}; the centre is left out when it is the baseline."""
-    baseline = {t: min(space.choices[t], key=lambda v, t=t: abs(v - BASELINE[t])) for t in TOKENS}
+    baseline = {t: _nearest(space.choices[t], BASELINE[t]) for t in TOKENS}
     centre = {t: space.choices[t][(len(space.choices[t]) - 1) // 2] for t in TOKENS}
     return {"baseline": baseline} | ({} if centre == baseline else {"centre": centre})
+
+
+def _nearest(choices: tuple, value: float) -> float | str:
+    """The numeric choice nearest ``value``; ``"auto"`` only when it is the only choice
+    (the baseline does no cleaning; auto is no number near it)."""
+    numbers = [v for v in choices if v != AUTO]
+    return min(numbers, key=lambda v: abs(v - value)) if numbers else AUTO
 
 
 def pooled_sigma(groups: list[list[float]]) -> float:

@@ -8,6 +8,11 @@ Each token is a discrete list of choices. The defaults follow the paper's sizes 
     tau_intra = [0.1, 0.2, 0.3]
     ...
 
+tau_intra may also offer ``"auto"`` (``tau_intra = [0.2, 0.3, "auto"]``): a trial with it
+cleans as `faceclean clean --tau-intra auto` does, choosing tau from its own data (see
+:mod:`faceclean.cleaning.thresholds`), and its log line records the value chosen
+(``tau_intra_chosen``). The default space offers numbers only.
+
 ``aspects`` restricts the search to data, loss and/or backbone tokens; the others are
 fixed at the baseline (no cleaning, ArcFace s=64 m=0.5, W = D = 1), as in the paper's
 Table 1 ablation.
@@ -27,6 +32,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+AUTO = "auto"
+AUTO_TOKENS = ("tau_intra",)  # tokens that may offer AUTO: a threshold the data chooses
 TOKENS = ("tau_intra", "tau_inter", "m1", "m2", "m3", "s_p", "s_n", "depth", "width")
 ASPECTS = {"data": TOKENS[:2], "loss": TOKENS[2:7], "backbone": TOKENS[7:]}
 # No cleaning (keep D >= 0, never merge), ArcFace s=64 m=0.5, the base backbone.
@@ -76,13 +83,13 @@ _RANGES = {
 class SearchSpace:
     """Choices per token; a token with one choice is fixed."""
 
-    choices: dict[str, tuple[float, ...]]
+    choices: dict[str, tuple[float | str, ...]]  # str: AUTO, in AUTO_TOKENS only
 
     @property
     def sizes(self) -> list[int]:
         return [len(self.choices[t]) for t in TOKENS]
 
-    def decode(self, indices: list[int]) -> dict[str, float]:
+    def decode(self, indices: list[int]) -> dict[str, float | str]:
         """Token indices -> the combination they name."""
         return {t: self.choices[t][i] for t, i in zip(TOKENS, indices, strict=True)}
 
@@ -99,7 +106,8 @@ class SearchSpace:
 
 
 def validate(choices: dict, source: str = "search space") -> SearchSpace:
-    """Check token names, that every list is non-empty, numeric and in range."""
+    """Check token names, that every list is non-empty, numeric and in range (``"auto"``
+    allowed, once, in AUTO_TOKENS)."""
     unknown = set(choices) - set(TOKENS)
     if unknown:
         raise FacecleanError(
@@ -110,13 +118,17 @@ def validate(choices: dict, source: str = "search space") -> SearchSpace:
         values = choices.get(t, DEFAULT_CHOICES[t])
         if not isinstance(values, list | tuple) or not values:
             raise FacecleanError(f"token {t!r} needs a non-empty list of numbers", source)
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            raise FacecleanError(f"token {t!r} has a non-numeric choice: {values}", source)
+        numbers = [v for v in values if not (t in AUTO_TOKENS and v == AUTO)]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+            also = " (numbers or 'auto')" if t in AUTO_TOKENS else ""
+            raise FacecleanError(f"token {t!r} has a non-numeric choice{also}: {values}", source)
+        if len(values) - len(numbers) > 1:
+            raise FacecleanError(f"token {t!r} offers 'auto' more than once", source)
         lo, hi = _RANGES[t]
-        wrong = [v for v in values if not lo <= v <= hi]
+        wrong = [v for v in numbers if not lo <= v <= hi]
         if wrong:
             raise FacecleanError(f"token {t!r}: {wrong} outside [{lo}, {hi}]", source)
-        out[t] = tuple(float(v) for v in values)
+        out[t] = tuple(v if v == AUTO else float(v) for v in values)
     return SearchSpace(out)
 
 
@@ -136,8 +148,18 @@ def load_space(path: str | Path | None = None, aspects: str = "all") -> SearchSp
     return validate(data["tokens"], str(path)).restrict(aspects)
 
 
-def difficulty(combo: dict[str, float]) -> tuple[float, float]:
-    """(data difficulty 1 - tau_intra + tau_inter, loss difficulty s_n (m1-1+m2+m3) / s_p)."""
-    data = 1 - combo["tau_intra"] + combo["tau_inter"]
+def choice_label(value: float | str) -> str:
+    """A choice as plots and tables show it: ``0.3``, ``auto``."""
+    return value if isinstance(value, str) else f"{value:g}"
+
+
+def difficulty(combo: dict, chosen_tau_intra: float | None = None) -> tuple:
+    """(data difficulty 1 - tau_intra + tau_inter, loss difficulty s_n (m1-1+m2+m3) / s_p).
+    With tau_intra ``"auto"`` the data difficulty uses ``chosen_tau_intra`` (what the trial's
+    data chose), and is None when there is none (a failed trial)."""
+    tau = combo["tau_intra"]
+    if tau == AUTO:
+        tau = chosen_tau_intra
+    data = None if tau is None else 1 - tau + combo["tau_inter"]
     loss = combo["s_n"] * (combo["m1"] - 1 + combo["m2"] + combo["m3"]) / combo["s_p"]
     return data, loss

@@ -2,7 +2,10 @@
 with the sampled unified loss, score ACC on the validation identities.
 
 Cleaning depends only on (tau_intra, tau_inter) and the precomputed embeddings, so it is
-cached by that pair and shared by every trial that samples it.
+cached by that pair and shared by every trial that samples it. tau_intra ``"auto"`` cleans
+as `faceclean clean --tau-intra auto` does (junk floors auto too): the threshold is chosen
+from the embeddings, and the trial returns it as ``tau_intra_chosen`` with the reason
+(``tau_intra_reason``), so the log says what every auto trial trained on.
 
 Proxy mode (``identities=N``): each trial trains on the images of N identities drawn once
 with ``subset_seed`` from the embeddings' labels (the same N for every trial, so rewards
@@ -21,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.clean import clean, read_clean_summary
+from faceclean.cleaning.thresholds import resolve_floors
 from faceclean.data.store import atomic_path, read_metadata
 from faceclean.errors import FacecleanError
 from faceclean.training.backbones import count_macs
@@ -84,10 +88,21 @@ class FaceTrial:
     identities: int | None = None
     subset_seed: int = 0
 
-    def clean_list(self, tau_intra: float, tau_inter: float) -> Path:
-        out = Path(self.work_dir) / "clean" / f"{tau_intra:.4f}_{tau_inter:.4f}"
+    def clean_list(self, tau_intra: float | str, tau_inter: float) -> Path:
+        """The clean list of (tau_intra, tau_inter), cleaned once into ``clean/`` (tau_intra
+        a number or ``"auto"``); the proxy subset of it in proxy mode."""
+        name = tau_intra if isinstance(tau_intra, str) else f"{tau_intra:.4f}"
+        out = Path(self.work_dir) / "clean" / f"{name}_{tau_inter:.4f}"
         if not (out / "summary.json").exists():
-            clean(self.embeddings, out, tau_intra, tau_inter)
+            cos_floor, norm_floor = resolve_floors(tau_intra, None, None)
+            clean(
+                self.embeddings,
+                out,
+                tau_intra,
+                tau_inter,
+                min_cos_pos=cos_floor,
+                min_norm=norm_floor,
+            )
         if self.identities is None:
             return out / "clean.parquet"
         return self.subset_list(out / "clean.parquet")
@@ -160,6 +175,9 @@ class FaceTrial:
             "tars": {f"{f:g}": t for f, t in zip(self.fars, tars, strict=True)},
             "macs": count_macs(model),
             "params": sum(p.numel() for p in model.parameters()),
+            # What the cleaning applied: the chosen value when the combo says "auto".
+            "tau_intra_chosen": clean_summary["tau_intra"],
+            "tau_intra_reason": clean_summary.get("tau_intra_auto"),
             "clean_rows": clean_summary["clean_rows"],
             "clean_classes": clean_summary["clean_classes"],
             "train_steps": summary["steps"],
