@@ -2,6 +2,7 @@
 
 * ``celeb_dev_store()``: ../shared/data/celeb_dev (178 identities, 3,245 aligned crops)
   embedded with the shared MobileFaceNet (``--preset imagenet``);
+* ``orl_store()``: ../shared/data/orl_faces (40 identities, 400 faces) the same way;
 * ``nonface_store()``: 240 real non-face crops with the same model: the bottom-left and
   bottom-right quarters of 120 celeb_dev_raw photos (seeded choice), resized to 112 x 112,
   which hold shoulders, clothes, hands and background, the things a detector mistakes
@@ -38,17 +39,22 @@ def _shared() -> Path:
     raise SystemExit("../shared (models, data) not found: set FACECLEAN_SHARED")
 
 
-def _extract(data: Path, out: Path) -> Path:
+def _extract(data: Path, out: Path, **options) -> Path:
     from faceclean.data.extraction import extract
 
     if not out.exists():
         model = _shared() / "models" / "mobilefacenet-foamliu.onnx"
-        extract(data, model, out, preset="imagenet", workers=1, progress=True)
+        extract(data, model, out, preset="imagenet", workers=1, progress=True, **options)
     return out
 
 
 def celeb_dev_store() -> Path:
     return _extract(_shared() / "data" / "celeb_dev", cache_dir() / "celeb_dev.parquet")
+
+
+def orl_store() -> Path:
+    """ORL (40 identities x 10 grey faces, 92 x 112: padded to the model's square input)."""
+    return _extract(_shared() / "data" / "orl_faces", cache_dir() / "orl.parquet", fit="pad")
 
 
 def nonface_store(count: int = 120, seed: int = 0) -> Path:
