@@ -14,8 +14,8 @@ same noisy embeddings:
   ``auto`` row's D, with identity groups);
 * ``best fixed``: the best tau on a 0.05 grid chosen with the truth (hindsight, a ceiling
   for any single threshold; not a method);
-* ``supervised, hindsight``: a ceiling for any rule on these scores, not a method: logistic
-  regression on (cos_pos, cos_neg, D, log norm) fitted to the truth (out-of-fold, 5-fold),
+* ``supervised ceiling``: a ceiling for any rule on these scores, not a method: logistic
+  regression on the labels-alone scores (cos_pos, cos_neg, D, log norm) fitted to the truth (out-of-fold, 5-fold),
   its probability cut at the best value in hindsight. A rule that sees only the scores
   and not the truth is not expected to pass it;
 * ``cleanlab LR`` and ``cleanlab centroid``: ``cleanlab.filter.find_label_issues``
@@ -169,7 +169,7 @@ def run(table: pa.Table, rate: float, seed: int, tmp: Path, junk=0.0, junk_sourc
     fixed = [evaluate(~(d < t), noise) for t in GRID]
     best = int(np.argmax([m["removal_f1"] for m in fixed]))
     out["best fixed"] = {**fixed[best], "tau": float(GRID[best])}
-    out["supervised, hindsight"] = supervised_ceiling(scores, ns.table, noise)
+    out["supervised ceiling"] = supervised_ceiling(alone.scores, ns.table, noise)
     for classifier in ("LR", "centroid"):
         t0 = time.perf_counter()
         flags = cleanlab_flags(ns.table, seed, classifier)
