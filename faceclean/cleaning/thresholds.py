@@ -12,6 +12,9 @@ scores into fixed histograms (memory O(bins), whatever N is) and chooses from th
   Measured on celeb_dev with look-alike flips and distractors (benchmarks/bench_auto_
   threshold.py, tuning seeds 100-104), the mixture's tau landed within 0.02 F1 of the
   best threshold in hindsight; D = 1 itself within 0.03.
+  Other rules tried there (the density valley, the mixture on a compressed D, a second
+  pass re-centred on the kept rows, the margin cos_pos - cos_neg) did no better; what
+  limits all of them is in docs/cleaning.md ("Why auto misses").
 * the junk floors: Tukey's far-out fence, Q1 - 3 IQR, on cos_pos and on log(norm) (the raw
   feature norm, an image-quality proxy). A real face's cos_pos or norm is rarely that far
   below its set's quartiles (0.2 % of celeb_dev's norms); non-face crops' norms are (see the
