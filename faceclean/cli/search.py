@@ -63,7 +63,8 @@ def _noise_seeds(ctx, param, value: int) -> int:
 @click.option(
     "--space-file",
     type=click.Path(path_type=Path),
-    help="TOML file with a [tokens] table of choices.",
+    help='TOML file with a [tokens] table of choices; tau_intra may offer "auto" (each such '
+    "trial logs the value its data chose as tau_intra_chosen).",
 )
 @click.option(
     "--method",
