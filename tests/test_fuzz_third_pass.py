@@ -1,0 +1,118 @@
+"""Defects of the third fuzzing pass (issue 22): exit 0 with a wrong result, and options
+silently ignored. Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from faceclean.cli import main
+from tests.conftest import SHARED
+
+DETECTOR = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+RAW = SHARED / "data" / "celeb_dev_raw"
+needs_raw = pytest.mark.skipif(
+    not (DETECTOR.is_file() and RAW.is_dir()), reason=f"shared detector and photos not at {SHARED}"
+)
+
+
+def _align(data: Path, out: Path, *extra: str):
+    args = ["align", str(data), "-o", str(out), "--detector", str(DETECTOR), "--no-refine"]
+    return CliRunner().invoke(main, [*args, *extra])
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture()
+def photos(tmp_path) -> Path:
+    """Two photos of one identity folder."""
+    src = sorted(RAW.rglob("*.jpg"))
+    (tmp_path / "raw" / "x").mkdir(parents=True)
+    for name, photo in (("a.jpg", src[0]), ("b.jpg", src[1])):
+        shutil.copy(photo, tmp_path / "raw" / "x" / name)
+    return tmp_path / "raw"
+
+
+@needs_raw
+def test_another_pick_into_the_same_output_leaves_only_its_own_crops(photos, tmp_path):
+    """--pick all then --pick largest into one output kept both picks' crops (and back)."""
+    out = tmp_path / "out"
+    assert _align(photos, out, "-q", "--pick", "all").exit_code == 0
+    assert _files(out) == ["x/a_1.jpg", "x/b_1.jpg"]
+    res = _align(photos, out, "-q")
+    assert res.exit_code == 0, res.output
+    assert _files(out) == ["x/a.jpg", "x/b.jpg"]
+    assert _align(photos, out, "-q", "--pick", "all").exit_code == 0
+    assert _files(out) == ["x/a_1.jpg", "x/b_1.jpg"]
+
+
+@needs_raw
+def test_a_photo_named_like_a_suffixed_crop_keeps_its_crop(tmp_path):
+    """The stale-crop sweep must not take another photo's crop for a leftover of --pick all."""
+    src = sorted(RAW.rglob("*.jpg"))
+    (tmp_path / "raw" / "x").mkdir(parents=True)
+    for name, photo in (("a.jpg", src[0]), ("a_1.jpg", src[1])):
+        shutil.copy(photo, tmp_path / "raw" / "x" / name)
+    res = _align(tmp_path / "raw", tmp_path / "out", "-q")
+    assert res.exit_code == 0, res.output
+    assert _files(tmp_path / "out") == ["x/a.jpg", "x/a_1.jpg"]
+
+
+@needs_raw
+def test_a_list_naming_one_photo_twice_gives_one_crop_and_one_line(photos, tmp_path):
+    listing = photos / "l.txt"
+    listing.write_text("x/a.jpg 3\nx/b.jpg 3\n./x/a.jpg 3\n")
+    out = tmp_path / "out"
+    res = _align(listing, out, "--json", str(tmp_path / "a.json"))
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "a.json").read_text())["summary"]
+    assert summary["images"] == 2 and summary["faces_written"] == 2
+    assert (out / "l.txt").read_text().splitlines() == ["x/a.jpg 3", "x/b.jpg 3"]
+    assert "line 3 = line 1" in summary["warnings"][0]
+    assert "repeat an earlier one" in res.output
+    listing.write_text("x/a.jpg 3\nx/a.jpg 4\n")  # one photo, two people: refused
+    res = _align(listing, tmp_path / "out2")
+    assert res.exit_code == 2 and "line 2" in res.output and "line 1 gives it 3" in res.output
+    assert res.output.strip().count("\n") == 0
+
+
+@needs_raw
+def test_align_that_aligns_nothing_is_an_error(photos, tmp_path):
+    """A missing --root, or photos none of which could be aligned, exited 0."""
+    listing = photos / "l.txt"
+    listing.write_text("x/a.jpg 0\nx/b.jpg 0\n")
+    res = _align(listing, tmp_path / "o1", "-q", "--root", str(tmp_path / "nowhere"))
+    assert res.exit_code == 2 and "--root is not a folder" in res.output
+    assert "nowhere" in res.output and not (tmp_path / "o1").exists()
+    other = tmp_path / "other"  # a folder, but not the one the paths are relative to
+    other.mkdir()
+    res = _align(listing, tmp_path / "o2", "-q", "--root", str(other))
+    assert res.exit_code == 2, res.output
+    assert "no face aligned in any of the 2 photos (2 unreadable" in res.output
+    assert res.output.strip().count("\n") == 0
+    assert not (tmp_path / "o2").exists()  # no empty output passing for a result
+    assert (tmp_path / "o2.failures.tsv").is_file()  # the reasons stay
+    blank = tmp_path / "blank" / "x"  # decodable photos without a face
+    blank.mkdir(parents=True)
+    from PIL import Image
+
+    for k in range(2):
+        Image.new("RGB", (64, 64), (40 * k, 90, 200)).save(blank / f"{k}.png")
+    res = _align(blank.parent, tmp_path / "o3.rec", "-q")
+    assert res.exit_code == 2 and "no face aligned in any of the 2 photos" in res.output
+    assert not (tmp_path / "o3.rec").exists()
+
+
+@needs_raw
+def test_a_partial_failure_is_still_reported_and_exits_0(photos, tmp_path):
+    (photos / "x" / "broken.jpg").write_bytes(b"not an image")
+    res = _align(photos, tmp_path / "out", "--json", str(tmp_path / "a.json"))
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "a.json").read_text())["summary"]
+    assert summary["faces_written"] == 2 and summary["failed"] == 1
