@@ -116,3 +116,56 @@ def test_a_partial_failure_is_still_reported_and_exits_0(photos, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "a.json").read_text())["summary"]
     assert summary["faces_written"] == 2 and summary["failed"] == 1
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_dedup_looks_only_at_the_classes_that_are_not_excluded(tmp_path):
+    """--exclude with --dedup --dedup-keep: the excluded class 0's three copies were
+    counted as duplicates (dropped 2) and listed in dedup.parquet."""
+    from tests.test_dedup import _with_duplicates
+
+    store, _, y = _with_duplicates(tmp_path)
+    (tmp_path / "ex.txt").write_text("0\n")
+    out = tmp_path / "c"
+    res = _cli("clean", store, "-o", out, "--exclude", tmp_path / "ex.txt", "--dedup", "0.98",
+               "--dedup-keep", "--tau-intra", "-1")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["excluded_classes"] == 1 and s["excluded_samples"] == 8
+    assert s["duplicate_groups"] == 1 and s["duplicates_dropped"] == 0
+    assert s["images_in_duplicate_groups"] == 2
+    import pyarrow.parquet as pq
+
+    assert 0 not in pq.read_table(out / "dedup.parquet")["label"].to_pylist()
+    assert s["samples"] == len(y) - 8 and not list(out.glob(".*.parquet"))
+    # --dedup alone with --exclude: the same.
+    res = _cli("clean", store, "-o", tmp_path / "d", "--exclude", tmp_path / "ex.txt",
+               "--dedup", "0.98", "--tau-intra", "-1")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert s["duplicate_groups"] == 1 and s["samples"] == len(y) - 8
+
+
+def test_two_files_holding_the_same_rows_are_refused(tmp_path):
+    """A copy of a store given beside it was read as every image twice (exit 0)."""
+    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
+
+    x, y = clustered_embeddings(6, 5, dim=16, seed=0)
+    a = write_embedding_store(tmp_path / "a.parquet", x, y)
+    shutil.copy(a, tmp_path / "b.parquet")  # another file (another inode), the same rows
+    for verb in ("clean", "filter"):
+        res = _cli(verb, a, tmp_path / "b.parquet", "-o", tmp_path / f"{verb}-out")
+        assert res.exit_code == 2, res.output
+        assert "b.parquet: 30 of its images are also rows of a.parquet" in res.output
+        assert res.output.strip().count("\n") == 0
+    # Two halves of one set of rows are fine.
+    h1 = write_embedding_store(tmp_path / "h1.parquet", x[:15], y[:15])
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(a).slice(15)
+    pq.write_table(t, tmp_path / "h2.parquet")
+    res = _cli("clean", h1, tmp_path / "h2.parquet", "-o", tmp_path / "ok", "--tau-intra", "-1")
+    assert res.exit_code == 0, res.output
