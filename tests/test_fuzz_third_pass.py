@@ -169,3 +169,20 @@ def test_two_files_holding_the_same_rows_are_refused(tmp_path):
     pq.write_table(t, tmp_path / "h2.parquet")
     res = _cli("clean", h1, tmp_path / "h2.parquet", "-o", tmp_path / "ok", "--tau-intra", "-1")
     assert res.exit_code == 0, res.output
+
+
+def test_inject_noise_refuses_the_store_as_its_own_junk_and_a_lone_junk_source(tmp_path):
+    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
+
+    x, y = clustered_embeddings(6, 5, dim=16, seed=0)
+    a = write_embedding_store(tmp_path / "a.parquet", x, y)
+    shutil.copy(a, tmp_path / "copy.parquet")
+    base = ["inject-noise", a, "-o", tmp_path / "n.parquet", "--junk", "0.1"]
+    res = _cli(*base, "--junk-source", a)
+    assert res.exit_code == 2 and "the junk source is the store itself" in res.output
+    res = _cli(*base, "--junk-source", tmp_path / "copy.parquet")
+    assert res.exit_code == 2 and "copy.parquet: the junk source holds 30 of its rows" in res.output
+    # --junk-source without --junk was ignored: the noise asked for was not the noise made.
+    res = _cli("inject-noise", a, "-o", tmp_path / "n.parquet", "--junk-source", a)
+    assert res.exit_code == 2 and "--junk-source is only read with --junk" in res.output
+    assert not (tmp_path / "n.parquet").exists()

@@ -38,17 +38,14 @@ def _paths_with(pf: pq.ParquetFile, root: str | None, wanted: np.ndarray) -> set
     return found
 
 
-def refuse_shared_rows(stores: list[tuple[Path, pq.ParquetFile]], roots: list[str | None]):
-    """Raise FacecleanError when two of ``stores`` hold a row of one image (same path under
-    the same dataset root). ``roots``: each store's recorded dataset root (or None)."""
+def shared_rows(
+    stores: list[tuple[Path, pq.ParquetFile]], roots: list[str | None]
+) -> tuple[Path, Path, list[str]] | None:
+    """The first two of ``stores`` that hold a row of one image (same path under the same
+    dataset root): (the later store, the earlier one, the paths they share), or None.
+    ``roots``: each store's recorded dataset root (or None)."""
     if len(stores) < 2 or any("path" not in pf.schema_arrow.names for _, pf in stores):
-        return
-    key = tuple(
-        (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-        for p, st in ((p, p.stat()) for p, _ in stores)
-    )
-    if key in _checked:
-        return  # clean opens its stores several times: the rows are read once
+        return None
     seen: list[tuple[Path, pq.ParquetFile, str | None, np.ndarray]] = []
     for (p, pf), root in zip(stores, roots, strict=True):
         h = _hashes(pf, root)
@@ -57,10 +54,26 @@ def refuse_shared_rows(stores: list[tuple[Path, pq.ParquetFile]], roots: list[st
             if len(common):
                 both = sorted(_paths_with(pf, root, common) & _paths_with(qf, qroot, common))
                 if both:
-                    raise FacecleanError(
-                        f"{len(both):,} of its images are also rows of {q.name} (e.g. "
-                        f"{both[0]!r}): they would be read twice; give each image once",
-                        p,
-                    )
+                    return p, q, both
         seen.append((p, pf, root, h))
+    return None
+
+
+def refuse_shared_rows(stores: list[tuple[Path, pq.ParquetFile]], roots: list[str | None]):
+    """Raise FacecleanError when two of ``stores`` hold a row of one image (see
+    :func:`shared_rows`)."""
+    key = tuple(
+        (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+        for p, st in ((p, p.stat()) for p, _ in stores)
+    )
+    if key in _checked:
+        return  # clean opens its stores several times: the rows are read once
+    found = shared_rows(stores, roots)
+    if found is not None:
+        p, q, both = found
+        raise FacecleanError(
+            f"{len(both):,} of its images are also rows of {q.name} (e.g. {both[0]!r}): "
+            "they would be read twice; give each image once",
+            p,
+        )
     _checked.add(key)
