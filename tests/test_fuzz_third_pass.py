@@ -186,3 +186,71 @@ def test_inject_noise_refuses_the_store_as_its_own_junk_and_a_lone_junk_source(t
     res = _cli("inject-noise", a, "-o", tmp_path / "n.parquet", "--junk-source", a)
     assert res.exit_code == 2 and "--junk-source is only read with --junk" in res.output
     assert not (tmp_path / "n.parquet").exists()
+
+
+def test_review_json_records_the_session(tmp_path):
+    """`review --json` wrote a summary with nothing in it."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from faceclean.review.store import ReviewStore
+    from tests.review_fixtures import make_clean
+
+    clean_dir = make_clean(tmp_path)
+    ReviewStore(clean_dir).set("id_0001/07.png", "removals", "keep", {"path": "id_0001/07.png"})
+    target = tmp_path / "review.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "faceclean.cli", "review", str(clean_dir), "--port", "0",
+         "--json", str(target)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, rest
+    assert "1 decision(s) saved" in rest
+    s = json.loads(target.read_text())["summary"]
+    assert s["address"] == url.group(0) and s["review"].endswith("review.parquet")
+    assert s["decisions"] == s["decisions_at_start"] == 1
+    assert s["queues"] and all(isinstance(v, int) for v in s["queues"].values())
+
+
+@pytest.mark.parametrize("verb", ["clean", "filter"])
+def test_clean_prints_progress_lines_in_a_log(tmp_path, monkeypatch, verb):
+    """clean's (and filter's) pass over the rows printed nothing in a batch job's log."""
+    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
+
+    monkeypatch.setenv("FACECLEAN_PROGRESS_EVERY", "0")
+    x, y = clustered_embeddings(6, 5, dim=16, seed=0)
+    a = write_embedding_store(tmp_path / "a.parquet", x, y)
+    out = tmp_path / ("c" if verb == "clean" else "s.parquet")
+    res = _cli(verb, a, "-o", out, "--tau-intra", "-1")
+    assert res.exit_code == 0, res.output
+    lines = res.stderr.splitlines()
+    assert any(line.startswith("filter: 30/30 rows (100.0%)") for line in lines), res.stderr
+
+
+def test_align_preset_without_pick_identity_is_refused(tmp_path):
+    (tmp_path / "raw" / "x").mkdir(parents=True)
+    res = _cli("align", tmp_path / "raw", "-o", tmp_path / "out", "--detector", DETECTOR,
+               "--preset", "imagenet")  # fmt: skip
+    assert res.exit_code == 2 and "--preset is only used with --pick identity" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_extract_shard_help_names_the_files_it_writes():
+    """The help said <output>.shard-I-of-N.parquet; the files are zero-padded to five."""
+    from faceclean.data.sharding import shard_path
+
+    text = " ".join(_cli("extract", "--help").output.split())
+    assert shard_path("emb.parquet", 0, 4).name in text
+    assert "shard-I-of-N" not in text

@@ -190,6 +190,7 @@ def restrict_inputs(
     dedup_keep: bool = False,
     device: str = "auto",
     backend: str = "auto",
+    progress: bool = False,
 ) -> tuple[list[Path], dict]:
     """The stores `faceclean clean` should clean, and what was left out (for the summary).
 
@@ -215,7 +216,9 @@ def restrict_inputs(
         summary["excluded_samples"] = by_label
         embeddings = [subset]
     if dedup is not None:
-        dr = find_duplicates(embeddings, dedup, dedup_keep, device, backend, spill_dir=out)
+        dr = find_duplicates(
+            embeddings, dedup, dedup_keep, device, backend, spill_dir=out, progress=progress
+        )
         with atomic_path(out / "dedup.parquet") as tmp:
             pq.write_table(dr.table, tmp)
         summary |= dr.summary

@@ -82,6 +82,7 @@ def filter_cmd(
         device=device,
         backend=backend,
         overwrite=overwrite,
+        progress=True,
     )
     if r.num_kept == 0:  # the scores are complete, but nothing passes: say so loudly
         _warn(
@@ -302,6 +303,7 @@ def clean_cmd(
         dedup=dedup,
         dedup_keep=dedup_keep,
         review=review,
+        progress=True,  # a line at a steady interval in a log, as align and extract print
     )
     _warn(r.merge.warning)
     if r.summary.get("review_missing_files"):

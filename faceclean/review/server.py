@@ -264,20 +264,35 @@ def serve(
     port: int = 8765,
     data_root: str | Path | None = None,
     on_ready: Callable[[str], None] | None = None,
-) -> None:
-    """Serve the review of ``clean_dir`` until interrupted.
+) -> dict:
+    """Serve the review of ``clean_dir`` until interrupted (Ctrl-C, SIGINT).
 
     Holds the lock of ``review.parquet`` (see :func:`faceclean.outputs.output_lock`) for
     its whole life, so two servers never write one review. ``on_ready`` gets the address
-    once the server listens (``port`` 0 picks a free one)."""
+    once the server listens (``port`` 0 picks a free one). Returns what the session did:
+    the address, the review file, the items in each queue, and the decisions saved at
+    start and at exit (in all, and per queue)."""
     clean_dir = Path(clean_dir)
     check_clean_folder(clean_dir)  # before the lock file is made in a folder it refuses
     with output_lock(clean_dir / REVIEW_FILE):
-        httpd = make_server(ReviewApp(clean_dir, data_root), host, port)
+        app = ReviewApp(clean_dir, data_root)
+        at_start = len(app.store.rows)
+        httpd = make_server(app, host, port)
         bound = httpd.server_address[1]
-        if on_ready:
-            on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{bound}/")
-        try:
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/"
+        try:  # from the address on: a Ctrl-C right after it still ends the session well
+            if on_ready:
+                on_ready(url)
             httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass  # the way a review ends: every decision is already saved
         finally:
             httpd.server_close()
+        return {
+            "address": url,
+            "review": str(clean_dir / REVIEW_FILE),
+            "queues": {k: int(v) for k, v in app.index.counts.items()},
+            "decisions_at_start": at_start,
+            "decisions": len(app.store.rows),
+            "decided_by_queue": app.decided(),
+        }
