@@ -204,6 +204,9 @@ def test_a_photo_listed_twice_is_read_once_and_two_labels_are_refused(tmp_path):
     assert (
         "2 line(s) repeat an earlier one" in ds.warnings[0] and "line 3 = line 1" in ds.warnings[0]
     )
+    lst.write_text(f"a.jpg 1\n{tmp_path / 'a.jpg'} 1\n")  # relative and absolute: one photo
+    ds = open_dataset(lst)
+    assert [ds.path(i) for i in range(len(ds))] == ["a.jpg"]
     lst.write_text("a.jpg 1\nb.jpg 1\na.jpg 2\n")
     with pytest.raises(FacecleanError, match=r"line 3: 'a.jpg' is listed again with label 2"):
         open_dataset(lst)

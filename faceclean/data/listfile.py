@@ -10,7 +10,7 @@
 :func:`detect_format` tells the layouts apart from the lines themselves; :func:`parse_list`
 reads one. Labels must be small non-negative integers (``0 .. MAX_LABEL``; a float label
 must be integral); anything else is a :class:`FacecleanError` naming the file and line.
-A photo listed twice (same path, once normalised) is read once, with a warning; listed
+A photo listed twice (same path, once normalised and put under the root) is read once, with a warning; listed
 with two labels it is an error naming both lines.
 """
 
@@ -105,12 +105,16 @@ def read_lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
-def parse_list(path: str | Path, fmt: str = "auto") -> tuple[list[str], list[int], str, list[str]]:
+def parse_list(
+    path: str | Path, fmt: str = "auto", root: str | Path | None = None
+) -> tuple[list[str], list[int], str, list[str]]:
     """Read a list file.
 
     Args:
         path: the list file.
         fmt: "auto" (detect from the lines) or one of :data:`FORMATS` to force it.
+        root: the folder relative paths are under, so that ``a.jpg`` and ``/root/a.jpg``
+            are known as one photo (None: paths are compared as written, normalised).
 
     Returns:
         (paths, original labels, the format used, warnings).
@@ -156,7 +160,7 @@ def parse_list(path: str | Path, fmt: str = "auto") -> tuple[list[str], list[int
                 f"(0..{MAX_LABEL})",
                 path,
             )
-        key = os.path.normpath(img)
+        key = os.path.normpath(os.path.join(root, img) if root is not None else img)
         if key in seen:
             first, first_label = seen[key]
             if first_label != label:
