@@ -10,8 +10,8 @@
 :func:`detect_format` tells the layouts apart from the lines themselves; :func:`parse_list`
 reads one. Labels must be small non-negative integers (``0 .. MAX_LABEL``; a float label
 must be integral); anything else is a :class:`FacecleanError` naming the file and line.
-A photo listed twice (same path, once normalised and put under the root) is read once, with a warning; listed
-with two labels it is an error naming both lines.
+A photo listed twice (the same path once normalised and put under the root) is read once,
+with a warning; listed with two labels it is an error naming both lines.
 """
 
 from __future__ import annotations
