@@ -17,10 +17,13 @@ need an event loop. What a framework would add is done here by hand and tested:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import json
 import secrets
+import signal
+import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -281,9 +284,10 @@ def serve(
         bound = httpd.server_address[1]
         url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/"
         try:  # from the address on: a Ctrl-C right after it still ends the session well
-            if on_ready:
-                on_ready(url)
-            httpd.serve_forever()
+            with _term_as_interrupt():
+                if on_ready:
+                    on_ready(url)
+                httpd.serve_forever()
         except KeyboardInterrupt:
             pass  # the way a review ends: every decision is already saved
         finally:
@@ -296,3 +300,21 @@ def serve(
             "decisions": len(app.store.rows),
             "decided_by_queue": app.decided(),
         }
+
+
+@contextlib.contextmanager
+def _term_as_interrupt():
+    """SIGTERM ends the review as Ctrl-C does (a batch job's end, `kill PID`, or a server
+    started in the background, where SIGINT is ignored), so its summary is still given."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
