@@ -256,3 +256,16 @@ def test_extract_shard_help_names_the_files_it_writes():
     text = " ".join(_cli("extract", "--help").output.split())
     assert shard_path("emb.parquet", 0, 4).name in text
     assert "shard-I-of-N" not in text
+
+
+def test_merge_of_an_empty_store_is_an_error(tmp_path):
+    """Fourth pass: merge of a store with no rows exited 0 ("largest group 1"), while
+    filter and clean refuse it."""
+    import numpy as np
+
+    from faceclean.data.synthetic import write_embedding_store
+
+    empty = write_embedding_store(tmp_path / "e.parquet", np.zeros((0, 8), "f"), np.zeros(0, int))
+    res = _cli("merge", empty, "-o", tmp_path / "m.parquet")
+    assert res.exit_code == 2 and "e.parquet: has no rows" in res.output, res.output
+    assert not (tmp_path / "m.parquet").exists()
