@@ -269,3 +269,15 @@ def test_merge_of_an_empty_store_is_an_error(tmp_path):
     res = _cli("merge", empty, "-o", tmp_path / "m.parquet")
     assert res.exit_code == 2 and "e.parquet: has no rows" in res.output, res.output
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_report_with_a_data_root_that_is_not_there_is_an_error(tmp_path):
+    """Fourth pass: `report --data /nowhere` exited 0 and blamed the recorded dataset."""
+    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
+
+    x, y = clustered_embeddings(6, 5, dim=16, seed=0)
+    a = write_embedding_store(tmp_path / "a.parquet", x, y)
+    assert _cli("clean", a, "-o", tmp_path / "c").exit_code == 0
+    res = _cli("report", tmp_path / "c", "--data", tmp_path / "nowhere")
+    assert res.exit_code == 2 and "nowhere: --data is not a folder" in res.output, res.output
+    assert not (tmp_path / "c" / "report").exists()
