@@ -281,3 +281,19 @@ def test_report_with_a_data_root_that_is_not_there_is_an_error(tmp_path):
     res = _cli("report", tmp_path / "c", "--data", tmp_path / "nowhere")
     assert res.exit_code == 2 and "nowhere: --data is not a folder" in res.output, res.output
     assert not (tmp_path / "c" / "report").exists()
+
+
+def test_a_search_killed_before_its_first_step_names_the_way_out(tmp_path):
+    """Fourth pass: a search killed in its first step left clean/ and signal.json; a re-run
+    said "pass --resume" and --resume said "no search to resume": each sent to the other."""
+    from faceclean.errors import FacecleanError
+    from faceclean.search.face_search import prepare_output
+
+    out = tmp_path / "run"
+    (out / "clean").mkdir(parents=True)
+    (out / "signal.json").write_text("{}")
+    for resume in (False, True):
+        with pytest.raises(FacecleanError, match="--overwrite to start it again"):
+            prepare_output(out, resume=resume, overwrite=False)
+    prepare_output(out, resume=False, overwrite=True)
+    assert not list(out.iterdir())
