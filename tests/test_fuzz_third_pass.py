@@ -200,7 +200,7 @@ def test_review_json_records_the_session(tmp_path):
     from tests.review_fixtures import make_clean
 
     clean_dir = make_clean(tmp_path)
-    ReviewStore(clean_dir).set("id_0001/07.png", "removals", "keep", {"path": "id_0001/07.png"})
+    ReviewStore(clean_dir).set("id_0001/07.png", "removals", "keep", {"file": "id_0001/07.png"})
     target = tmp_path / "review.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "faceclean.cli", "review", str(clean_dir), "--port", "0",
@@ -297,3 +297,15 @@ def test_a_search_killed_before_its_first_step_names_the_way_out(tmp_path):
             prepare_output(out, resume=resume, overwrite=False)
     prepare_output(out, resume=False, overwrite=True)
     assert not list(out.iterdir())
+
+
+def test_a_face_decision_naming_no_file_is_refused(tmp_path):
+    """Fourth pass: a removals decision with a null file was skipped without a word."""
+    from faceclean.cleaning.review_file import read_review
+    from faceclean.errors import FacecleanError
+    from faceclean.review.store import ReviewStore
+
+    (tmp_path / "c").mkdir()
+    ReviewStore(tmp_path / "c").set("a/1.jpg", "removals", "keep", {"path": "a/1.jpg"})
+    with pytest.raises(FacecleanError, match="a removals decision .'a/1.jpg'. that names no file"):
+        read_review(tmp_path / "c" / "review.parquet")
