@@ -149,12 +149,26 @@ def test_dedup_looks_only_at_the_classes_that_are_not_excluded(tmp_path):
     assert s["duplicate_groups"] == 1 and s["samples"] == len(y) - 8
 
 
+def _recording_root(store: Path, root: Path) -> Path:
+    """``store`` with a recorded dataset root, as `faceclean extract` writes (synthetic
+    stores record none, and their rows are then not compared across stores)."""
+    import pyarrow.parquet as pq
+
+    from faceclean.data.store import METADATA_KEY, read_metadata
+
+    t = pq.read_table(store)
+    meta = {**read_metadata(store), "dataset": str(root)}
+    t = t.replace_schema_metadata({**t.schema.metadata, METADATA_KEY: json.dumps(meta)})
+    pq.write_table(t, store)
+    return store
+
+
 def test_two_files_holding_the_same_rows_are_refused(tmp_path):
     """A copy of a store given beside it was read as every image twice (exit 0)."""
     from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
 
     x, y = clustered_embeddings(6, 5, dim=16, seed=0)
-    a = write_embedding_store(tmp_path / "a.parquet", x, y)
+    a = _recording_root(write_embedding_store(tmp_path / "a.parquet", x, y), tmp_path)
     shutil.copy(a, tmp_path / "b.parquet")  # another file (another inode), the same rows
     for verb in ("clean", "filter"):
         res = _cli(verb, a, tmp_path / "b.parquet", "-o", tmp_path / f"{verb}-out")
@@ -162,11 +176,11 @@ def test_two_files_holding_the_same_rows_are_refused(tmp_path):
         assert "b.parquet: 30 of its images are also rows of a.parquet" in res.output
         assert res.output.strip().count("\n") == 0
     # Two halves of one set of rows are fine.
-    h1 = write_embedding_store(tmp_path / "h1.parquet", x[:15], y[:15])
     import pyarrow.parquet as pq
 
-    t = pq.read_table(a).slice(15)
-    pq.write_table(t, tmp_path / "h2.parquet")
+    pq.write_table(pq.read_table(a).slice(0, 15), tmp_path / "h1.parquet")
+    pq.write_table(pq.read_table(a).slice(15), tmp_path / "h2.parquet")
+    h1 = tmp_path / "h1.parquet"
     res = _cli("clean", h1, tmp_path / "h2.parquet", "-o", tmp_path / "ok", "--tau-intra", "-1")
     assert res.exit_code == 0, res.output
 
@@ -175,7 +189,7 @@ def test_inject_noise_refuses_the_store_as_its_own_junk_and_a_lone_junk_source(t
     from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
 
     x, y = clustered_embeddings(6, 5, dim=16, seed=0)
-    a = write_embedding_store(tmp_path / "a.parquet", x, y)
+    a = _recording_root(write_embedding_store(tmp_path / "a.parquet", x, y), tmp_path)
     shutil.copy(a, tmp_path / "copy.parquet")
     base = ["inject-noise", a, "-o", tmp_path / "n.parquet", "--junk", "0.1"]
     res = _cli(*base, "--junk-source", a)

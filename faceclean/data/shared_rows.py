@@ -4,7 +4,9 @@ weight in each centroid and a perfect near-duplicate for every row, which also d
 leave-one-out. The same file named twice and shards of one split are refused earlier by
 inode and shard metadata (:mod:`faceclean.data.store`); this looks at the rows themselves.
 
-A row is its ``path`` under the store's recorded ``dataset`` root. Memory: one 64-bit hash
+A row is its ``path`` under the store's recorded ``dataset`` root (`faceclean extract`
+records it). Stores that record none are not compared: a relative path alone names no
+particular image (synthetic stores all call their rows ``img/<i>.jpg``). Memory: one 64-bit hash
 per row (8 bytes; the paths are read one row group at a time), and the paths of hash
 matches, which are then compared as strings.
 """
@@ -48,6 +50,8 @@ def shared_rows(
         return None
     seen: list[tuple[Path, pq.ParquetFile, str | None, np.ndarray]] = []
     for (p, pf), root in zip(stores, roots, strict=True):
+        if root is None:
+            continue
         h = _hashes(pf, root)
         for q, qf, qroot, qh in seen:
             common = np.intersect1d(h, qh, assume_unique=True) if root == qroot else ()
