@@ -13,6 +13,7 @@ from faceclean.data import align_photo as align_photo_module
 from faceclean.data.align import ARCFACE_TEMPLATE, align, warp
 from faceclean.data.align_checks import find_faces, implausible, unrotate
 from faceclean.data.detectors import FaceDetector, Faces
+from faceclean.errors import FacecleanError
 from tests.conftest import SHARED, SHARED_MODEL, SHARED_ORL
 
 YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
@@ -161,10 +162,11 @@ def test_a_killed_run_resumes_and_its_record_stays_complete(tmp_path, monkeypatc
     again = align(raw, tmp_path / "out", YUNET, workers=1, device="cpu")
     assert again.num_resumed == 5 and pq.read_table(again.records_path).to_pylist() == rows
     # Other settings: nothing is reused, and crops the record no longer names are removed.
-    strict = align(raw, tmp_path / "out", YUNET, workers=1, device="cpu", min_score=0.999)
-    assert strict.num_resumed == 0 and strict.num_faces == 0
+    # Nothing aligned at all is an error (issue 22), the record still says why for each.
+    with pytest.raises(FacecleanError, match="no face aligned in any of the 5 photos"):
+        align(raw, tmp_path / "out", YUNET, workers=1, device="cpu", min_score=0.999)
     assert not list((tmp_path / "out").rglob("*.png"))
-    rows = pq.read_table(strict.records_path).to_pylist()
+    rows = pq.read_table(tmp_path / "out.align.parquet").to_pylist()
     assert all(x["reason"] for x in rows)
     assert rows[0]["reason"].startswith("no plausible face: score")
 

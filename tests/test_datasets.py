@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -159,7 +161,13 @@ def _write(fmt, rows):
 )
 @given(
     fmt=st.sampled_from(["plain", "insightface", "im2rec"]),
-    rows=st.lists(st.tuples(_paths, st.integers(0, 2**24)), min_size=1, max_size=12),
+    # One line per photo: a photo listed twice is read once (see the test below).
+    rows=st.lists(
+        st.tuples(_paths, st.integers(0, 2**24)),
+        min_size=1,
+        max_size=12,
+        unique_by=lambda r: os.path.normpath(r[0]),
+    ),
     bom=st.booleans(),
 )
 def test_list_reader_gives_back_what_was_written(tmp_path, fmt, rows, bom):
@@ -185,3 +193,20 @@ def test_list_reader_refuses_any_bad_label_by_line(tmp_path, bad):
     (tmp_path / "bad.lst").write_text(f"a.jpg 1\nb.jpg {bad!r}\n")
     with pytest.raises(FacecleanError, match=r"bad\.lst: line 2: label"):
         open_dataset(tmp_path / "bad.lst")
+
+
+def test_a_photo_listed_twice_is_read_once_and_two_labels_are_refused(tmp_path):
+    """Issue 22: the same line twice was read as two images (extract: two rows, one photo)."""
+    lst = tmp_path / "twice.lst"
+    lst.write_text("a.jpg 1\nb.jpg 1\na.jpg 1\n./b.jpg 1\n")
+    ds = open_dataset(lst)
+    assert [ds.path(i) for i in range(len(ds))] == ["a.jpg", "b.jpg"]
+    assert (
+        "2 line(s) repeat an earlier one" in ds.warnings[0] and "line 3 = line 1" in ds.warnings[0]
+    )
+    lst.write_text(f"a.jpg 1\n{tmp_path / 'a.jpg'} 1\n")  # relative and absolute: one photo
+    ds = open_dataset(lst)
+    assert [ds.path(i) for i in range(len(ds))] == ["a.jpg"]
+    lst.write_text("a.jpg 1\nb.jpg 1\na.jpg 2\n")
+    with pytest.raises(FacecleanError, match=r"line 3: 'a.jpg' is listed again with label 2"):
+        open_dataset(lst)

@@ -22,8 +22,13 @@ def table(tmp_path):
 
 @pytest.fixture
 def junk_table(tmp_path):
-    x, _ = clustered_embeddings(1, 12, 32, spread=2.0, seed=9)
-    return pq.read_table(write_embedding_store(tmp_path / "junk.parquet", x, np.zeros(12, int)))
+    x, _ = clustered_embeddings(1, 40, 32, spread=2.0, seed=9)
+    t = pq.read_table(write_embedding_store(tmp_path / "junk.parquet", x, np.zeros(40, int)))
+    # Images of their own (the store's rows are img/<i>.jpg too: a junk source that holds
+    # the store's rows is refused).
+    t = t.set_column(0, "path", pa.array([f"nonface/{i}.jpg" for i in range(40)]))
+    pq.write_table(t, tmp_path / "junk.parquet")
+    return t
 
 
 def _unit(table):
@@ -68,12 +73,16 @@ def test_junk_rows_are_appended_from_the_source_and_filed_under_remaining_identi
     junk = ns.truth.slice(300)
     assert set(junk["noise"].to_pylist()) == {"junk"}
     assert set(junk["true_label"].to_pylist()) == {-1}
-    # 30 rows from a source of 12: every source row used before any is re-used.
+    # 30 rows from a source of 40, none used twice.
     paths = junk["path"].to_pylist()
-    assert len(set(paths)) == 30 and sum("#" not in p for p in paths) == 12
+    assert len(set(paths)) == 30 and all(p.startswith("junk:") for p in paths)
     first = {p: i for i, p in enumerate(junk_table["path"].to_pylist())}
-    src = _unit(junk_table)[[first[p.split(":", 1)[1].split("#")[0]] for p in paths]]
+    src = _unit(junk_table)[[first[p.split(":", 1)[1]] for p in paths]]
     assert np.allclose(_unit(ns.table.slice(300)), src, atol=1e-6)
+    # A source too small is refused (issue 22: its vectors were re-used, exact copies).
+    with pytest.raises(FacecleanError, match=r"asks for 45 non-face rows but the junk source "
+                       r"has 40: give a larger source or --junk at most 0.1333"):  # fmt: skip
+        inject_noise(table, 0, 0, 0, junk=0.15, junk_source=junk_table)
     with pytest.raises(FacecleanError, match="--junk needs embeddings of non-face"):
         inject_noise(table, 0, 0, 0, junk=0.1)
     x, _ = clustered_embeddings(1, 3, 8, seed=0)

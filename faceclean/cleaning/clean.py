@@ -190,6 +190,7 @@ def clean(
     dedup: float | None = None,
     dedup_keep: bool = False,
     review: str | Path | None = None,
+    progress: bool = False,
 ) -> CleanResult:
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
@@ -216,6 +217,8 @@ def clean(
     over the thresholds and is carried into the output folder (see
     :mod:`faceclean.cleaning.review_apply`). An existing output holding a review is not replaced
     without one: that would lose the person's work.
+
+    ``progress``: progress bars (lines in a log) on stderr for the passes over the rows.
     """
     embeddings, out = as_paths(embeddings), Path(output_dir)
     if fmt not in FORMATS:
@@ -235,7 +238,7 @@ def clean(
         alone = dedup is not None and not dedup_keep and excluded is None and tau_intra != "auto"
         shared = PairSearch(dedup, tmp) if alone else None
         embeddings, restricted = restrict_inputs(
-            given, tmp, excluded, None if shared else dedup, dedup_keep, device, backend
+            given, tmp, excluded, None if shared else dedup, dedup_keep, device, backend, progress
         )
         if excluded != exclude:  # the review kept some classes: name the folder it read
             restricted["exclude"] = str(Path(exclude).resolve())
@@ -269,6 +272,7 @@ def clean(
             device=device,
             backend=backend,
             on_block=shared.add_block if shared else None,
+            progress=progress,
         )
         tau_intra = fr.thresholds.tau_intra  # the value applied (chosen, with auto)
         if shared:

@@ -190,6 +190,7 @@ def restrict_inputs(
     dedup_keep: bool = False,
     device: str = "auto",
     backend: str = "auto",
+    progress: bool = False,
 ) -> tuple[list[Path], dict]:
     """The stores `faceclean clean` should clean, and what was left out (for the summary).
 
@@ -200,24 +201,33 @@ def restrict_inputs(
     (the caller deletes it) so that the filter and merge never see the dropped rows.
     """
     summary: dict = {}
-    drop_labels, keep_row = None, None
     if exclude is not None:
         drop_labels = read_exclude(exclude, identities(embeddings))
         summary["exclude"] = str(Path(exclude).resolve())
-    if dedup is not None:
-        dr = find_duplicates(embeddings, dedup, dedup_keep, device, backend, spill_dir=out)
-        with atomic_path(out / "dedup.parquet") as tmp:
-            pq.write_table(dr.table, tmp)
-        summary |= dr.summary
-        keep_row = dr.keep if dedup_keep else None
-    if drop_labels is None and keep_row is None:
-        return embeddings, summary
-    subset = out / ".input.parquet"
-    _, by_label = write_subset(embeddings, keep_row, drop_labels, subset)
-    if drop_labels is not None:
+        # Classes first: the duplicates are looked for among the rows that are cleaned,
+        # never among excluded ones (their images were counted as duplicates, and a
+        # group spanning an excluded class kept the wrong one).
         present = np.unique(
             np.concatenate([b["label"] for p in embeddings for b in iter_embeddings(p, ("label",))])
         )
+        subset = out / ".excluded.parquet"
+        _, by_label = write_subset(embeddings, None, drop_labels, subset)
         summary["excluded_classes"] = int(np.isin(drop_labels, present).sum())
         summary["excluded_samples"] = by_label
-    return [subset], summary
+        embeddings = [subset]
+    if dedup is not None:
+        dr = find_duplicates(
+            embeddings, dedup, dedup_keep, device, backend, spill_dir=out, progress=progress
+        )
+        with atomic_path(out / "dedup.parquet") as tmp:
+            pq.write_table(dr.table, tmp)
+        summary |= dr.summary
+        if dedup_keep:
+            write_subset(embeddings, dr.keep, None, out / ".input.parquet")
+            if exclude is not None:
+                embeddings[0].unlink()
+            return [out / ".input.parquet"], summary
+    if exclude is None:
+        return embeddings, summary
+    embeddings[0].replace(out / ".input.parquet")
+    return [out / ".input.parquet"], summary

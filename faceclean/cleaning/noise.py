@@ -155,8 +155,7 @@ def inject_noise(
         distractors: share of the store's rows that become faces of removed identities
             (whole identities, in random order, until their rows reach this share).
         junk: non-face rows to append, as a fraction of the store's rows, drawn from
-            ``junk_source`` (without replacement while it lasts; a re-used source row
-            gets a ``#n`` suffix on its path).
+            ``junk_source`` without replacement (a source with fewer rows is an error).
         duplicates: near-duplicate rows to append, as a fraction of the store's rows,
             copies of random clean rows at cosine ``duplicate_cosine`` to their source.
         junk_source: an embedding table of non-face images (same dimension), needed
@@ -273,15 +272,17 @@ def _junk_rows(table: pa.Table, source: pa.Table | None, count: int, kept_ids, r
         raise FacecleanError(
             f"the junk source's embeddings have dimension {emb.shape[1]}, the store's {dim}"
         )
-    # Without replacement while the source lasts, then again: a re-used row gets "#n".
-    rounds = -(-count // len(emb))
-    picks = np.concatenate([rng.permutation(len(emb)) for _ in range(rounds)])[:count]
-    use = np.arange(count) // len(emb)
+    if count > len(emb):
+        # Re-used vectors would be exact copies of each other under random labels: cosine-1
+        # duplicates any --dedup finds, not other non-faces, so the junk measured would not
+        # be the junk asked for.
+        raise FacecleanError(
+            f"--junk asks for {count:,} non-face rows but the junk source has {len(emb):,}: "
+            f"give a larger source or --junk at most {len(emb) / table.num_rows:.4g}"
+        )
+    picks = rng.permutation(len(emb))[:count]
     names = source["path"].to_pylist() if "path" in source.column_names else None
-    paths = [
-        f"junk:{names[p] if names else p}" + (f"#{u}" if u else "")
-        for p, u in zip(picks.tolist(), use.tolist(), strict=True)
-    ]
+    paths = [f"junk:{names[p] if names else p}" for p in picks.tolist()]
     labels = rng.choice(kept_ids, count)
     has_norm = "norm" in source.column_names and "norm" in table.column_names
     norms = source["norm"].to_numpy()[picks] if has_norm else None

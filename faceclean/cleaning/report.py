@@ -28,6 +28,7 @@ from faceclean.cleaning.report_removals import removals_section, write_removals
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import decode_image
 from faceclean.data.store import as_paths, atomic_path, read_metadata
+from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
 THUMB = 96
@@ -120,6 +121,9 @@ def write_report(
     """
     clean_dir = Path(clean_dir)
     summary = read_clean_summary(clean_dir)
+    if data_root is not None and not Path(data_root).is_dir():
+        # Asked for by name: not a sheet quietly skipped (nor blamed on the recorded root).
+        raise FacecleanError("--data is not a folder (the images of the contact sheet)", data_root)
     output = Path(output) if output is not None else clean_dir / "report"
     with writing(output, overwrite=overwrite, inputs=[clean_dir], folder=True) as tmp:
         files = _write_report(clean_dir, summary, data_root, tmp)

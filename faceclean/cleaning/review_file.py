@@ -110,4 +110,13 @@ def read_review(path: str | Path) -> pa.Table:
                 f"makes (kinds and decisions: {DECISIONS})",
                 path,
             )
+    for kind, file, key in zip(
+        table["kind"].to_pylist(), table["file"].to_pylist(), table["key"].to_pylist(), strict=True
+    ):
+        if kind in ("removals", "borderline") and file is None:
+            # Applying it would skip it without a word: the decision names no face.
+            raise FacecleanError(
+                f"review file holds a {kind} decision ({str(key)[:80]!r}) that names no file",
+                path,
+            )
     return table.replace_schema_metadata(meta)

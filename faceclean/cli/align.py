@@ -144,6 +144,8 @@ def align_cmd(
 
     if embedder is not None and pick != "identity":
         raise click.UsageError("--embedder is only used with --pick identity")
+    if preset is not None and pick != "identity":
+        raise click.UsageError("--preset is only used with --pick identity (for --embedder)")
 
     r = align(
         data,

@@ -30,6 +30,7 @@ from faceclean.cli.threshold_options import (
     tau_intra_option,
 )
 from faceclean.data.store import sibling
+from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 
 
@@ -82,6 +83,7 @@ def filter_cmd(
         device=device,
         backend=backend,
         overwrite=overwrite,
+        progress=True,
     )
     if r.num_kept == 0:  # the scores are complete, but nothing passes: say so loudly
         _warn(
@@ -153,6 +155,10 @@ def merge_cmd(
     with writing(output, overwrite=overwrite, inputs=embeddings, companions=[pairs_path]):
         if tau_intra is None:
             sums, counts = class_sums(embeddings, batch_rows)
+            if not counts.sum():  # an empty merge table would pass for "nothing to merge"
+                raise FacecleanError(
+                    "has no rows: there are no classes to merge", Path(embeddings[0])
+                )
             keep = np.ones(int(counts.sum()), bool)
         else:
             groups = None  # see faceclean.cleaning.merge_auto.identity_groups
@@ -302,6 +308,7 @@ def clean_cmd(
         dedup=dedup,
         dedup_keep=dedup_keep,
         review=review,
+        progress=True,  # a line at a steady interval in a log, as align and extract print
     )
     _warn(r.merge.warning)
     if r.summary.get("review_missing_files"):

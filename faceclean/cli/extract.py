@@ -150,7 +150,8 @@ def preprocessing_options(f):
 @click.option(
     "--shard",
     help="I/N: only slice I (0-based) of N, labels of the whole dataset; all/N: every slice "
-    "into <output>.shard-I-of-N.parquet.",
+    "into <output stem>.shard-IIIII-of-NNNNN.parquet (five digits: emb.parquet, all/4 -> "
+    "emb.shard-00000-of-00004.parquet ...).",
 )
 @click.option(
     "--ray-address",

@@ -66,6 +66,10 @@ def inject_noise_cmd(embeddings, output, junk_source, seed, overwrite, **fractio
     from faceclean.cleaning.noise import inject_noise
     from faceclean.data.store import open_store
 
+    if junk_source is not None and fractions["junk"] == 0:
+        raise click.UsageError("--junk-source is only read with --junk R (R > 0)")
+    if junk_source is not None:
+        _refuse_faces_as_junk(embeddings, junk_source)
     truth = sibling(output, ".truth.parquet")
     inputs = [embeddings, *([junk_source] if junk_source else [])]
     with writing(output, overwrite=overwrite, inputs=inputs, companions=[truth]):
@@ -90,6 +94,22 @@ def inject_noise_cmd(embeddings, output, junk_source, seed, overwrite, **fractio
         "faceclean inject-noise",
         {"output": str(output), "truth": str(truth), **{c["values"]: c["counts"] for c in counts}},
     )
+
+
+def _refuse_faces_as_junk(embeddings: Path, junk_source: Path) -> None:
+    """The store itself (or a copy of its rows) as the junk source would append its own
+    faces, each a second copy of a row, labelled as non-faces in the truth."""
+    from faceclean.data.shared_rows import shared_rows
+    from faceclean.data.store import open_store, read_metadata
+
+    stores = [(p, open_store(p)) for p in (embeddings, junk_source)]
+    same = embeddings.exists() and junk_source.exists() and embeddings.samefile(junk_source)
+    found = shared_rows(stores, [read_metadata(p).get("dataset") for p, _ in stores])
+    if same or found:
+        what = "is the store itself" if same else f"holds {len(found[2]):,} of its rows"
+        raise FacecleanError(
+            f"the junk source {what}: faces of the set, not non-face images", junk_source
+        )
 
 
 @main.command("evaluate-cleaning")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from faceclean.cli.common import _warn, console, main
+from faceclean.cli.common import _warn, console, main, record_summary
 
 
 @main.command("review")
@@ -47,7 +47,10 @@ def review_cmd(clean_dir, port, host, data):
     def ready(url: str) -> None:
         click.echo(f"faceclean review: {url}  (Ctrl-C to stop)")
 
-    try:
-        serve(clean_dir, host, port, data, on_ready=ready)
-    except KeyboardInterrupt:
-        console.print("stopped; every decision is saved in review.parquet", highlight=False)
+    summary = serve(clean_dir, host, port, data, on_ready=ready)
+    record_summary("faceclean review", summary)
+    console.print(
+        f"stopped; {summary['decisions']:,} decision(s) saved in {summary['review']} "
+        f"({summary['decisions'] - summary['decisions_at_start']:+,} this session)",
+        highlight=False,
+    )

@@ -19,6 +19,7 @@ killed run started again skips every photo that has its record row and its crops
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -275,7 +276,9 @@ def align(
     else:
         failures_path.unlink(missing_ok=True)
     paths = [ds.path(i) for i in range(n)]
-    crops = _crops(out_root, rows, paths, [rel_of(i) for i in range(n)], pick)
+    crops = _crops(out_root, rows, paths, [rel_of(i) for i in range(n)])
+    if n and not any(crops):
+        _nothing_aligned(n, failures, failures_path, out_root, final)
     list_path = None
     if rec:
         order = sorted(range(n), key=lambda i: ds.labels[i])  # a .rec wants labels grouped
@@ -346,27 +349,48 @@ def _choose(ds, pending, first, resumed, log, out_root: Path, embedder, rel_of) 
     return residuals
 
 
-def _crops(out_root: Path, rows: list[dict], paths: list[str], rels: list[str], pick: str):
+def _crops(out_root: Path, rows: list[dict], paths: list[str], rels: list[str]):
     """The crops each photo has by its record rows (relative paths; empty where none).
-    Crops an earlier run left for a photo that now has fewer (other settings) are removed,
-    so the output folder holds exactly what the record says."""
+    Crops an earlier run left for a photo that now has fewer or other ones (other settings,
+    another --pick: ``a.jpg`` of "largest" beside ``a_1.jpg`` of "all") are removed, so the
+    output folder holds exactly what the record says. A name that is another photo's crop
+    (a photo itself called ``a_1.jpg``) is never removed."""
     by_photo: dict[str, list[str]] = {}
     for r in rows:
         if r["crop"] is not None:
             by_photo.setdefault(r["path"], []).append(r["crop"])
+    current = {c for have in by_photo.values() for c in have}
     out = []
     for path, rel in zip(paths, rels, strict=True):
         have = by_photo.get(path, [])
-        stale = [] if have else [rel]
-        if pick == "all":
-            k = len(have) + 1
-            while (out_root / suffixed(rel, k)).exists():
-                stale.append(suffixed(rel, k))
-                k += 1
-        for f in stale:
-            (out_root / f).unlink(missing_ok=True)
+        candidates, k = [rel], 1
+        while (out_root / suffixed(rel, k)).exists():
+            candidates.append(suffixed(rel, k))
+            k += 1
+        for f in candidates:
+            if f not in current:
+                (out_root / f).unlink(missing_ok=True)
         out.append(have)
     return out
+
+
+def _nothing_aligned(n: int, failures: list, failures_path: Path, out_root: Path, final: Path):
+    """Refuse a run that wrote no crop at all (a wrong --root, photos with no face): exit 0
+    with an empty output would pass for a result. The record and the failures list stay
+    for the reasons; the output folder goes if nothing is in it."""
+    reasons: dict[str, int] = {}
+    for _, _, msg in failures:
+        kind = msg.split(":", 1)[0]
+        reasons[kind] = reasons.get(kind, 0) + 1
+    top = ", ".join(f"{c:,} {k}" for k, c in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    photo, _, msg = failures[0]
+    with contextlib.suppress(OSError):
+        out_root.rmdir()  # only when empty: crops of other photos are never removed
+    raise FacecleanError(
+        f"no face aligned in any of the {n:,} photos ({top}; e.g. {photo}: {msg}); each "
+        f"photo's reason is in {failures_path}",
+        final,
+    )
 
 
 def _write_list(ds: FaceDataset, out_root: Path, name: str, crops: list[list[str]]) -> Path:

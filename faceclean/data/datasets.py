@@ -229,8 +229,11 @@ def read_list_file(
     identity name. Raises FacecleanError naming the line at fault.
     """
     list_path = Path(list_path)
+    if root is not None and not Path(root).is_dir():
+        # Every photo would then fail as unreadable, one by one: say it once, up front.
+        raise FacecleanError("--root is not a folder (the list's paths are relative to it)", root)
     root = Path(root) if root is not None else list_path.parent
-    paths, originals, used, warnings = parse_list(list_path, list_format)
+    paths, originals, used, warnings = parse_list(list_path, list_format, root.absolute())
     labels, uniques = _contiguous(np.asarray(originals, np.int64))
     how = "detected" if list_format == "auto" else "as asked"
     return FaceDataset(

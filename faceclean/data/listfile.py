@@ -10,11 +10,14 @@
 :func:`detect_format` tells the layouts apart from the lines themselves; :func:`parse_list`
 reads one. Labels must be small non-negative integers (``0 .. MAX_LABEL``; a float label
 must be integral); anything else is a :class:`FacecleanError` naming the file and line.
+A photo listed twice (the same path once normalised and put under the root) is read once,
+with a warning; listed with two labels it is an error naming both lines.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from faceclean.errors import FacecleanError
@@ -102,12 +105,16 @@ def read_lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
-def parse_list(path: str | Path, fmt: str = "auto") -> tuple[list[str], list[int], str, list[str]]:
+def parse_list(
+    path: str | Path, fmt: str = "auto", root: str | Path | None = None
+) -> tuple[list[str], list[int], str, list[str]]:
     """Read a list file.
 
     Args:
         path: the list file.
         fmt: "auto" (detect from the lines) or one of :data:`FORMATS` to force it.
+        root: the folder relative paths are under, so that ``a.jpg`` and ``/root/a.jpg``
+            are known as one photo (None: paths are compared as written, normalised).
 
     Returns:
         (paths, original labels, the format used, warnings).
@@ -120,6 +127,8 @@ def parse_list(path: str | Path, fmt: str = "auto") -> tuple[list[str], list[int
     paths: list[str] = []
     labels: list[int] = []
     n_labels: set[int] = set()
+    seen: dict[str, tuple[int, int]] = {}  # photo (normalised) -> (first line, its label)
+    repeats: list[tuple[int, int]] = []
     expected = {
         "plain": "'path label'",
         "insightface": "'aligned<TAB>path<TAB>label'",
@@ -151,9 +160,29 @@ def parse_list(path: str | Path, fmt: str = "auto") -> tuple[list[str], list[int
                 f"(0..{MAX_LABEL})",
                 path,
             )
+        key = os.path.normpath(os.path.join(root, img) if root is not None else img)
+        if key in seen:
+            first, first_label = seen[key]
+            if first_label != label:
+                raise FacecleanError(
+                    f"line {lineno}: {img[:80]!r} is listed again with label {label} (line "
+                    f"{first} gives it {first_label}); one photo cannot be two people",
+                    path,
+                )
+            repeats.append((lineno, first))
+            continue
+        seen[key] = (lineno, label)
         paths.append(img)
         labels.append(label)
     warnings = []
+    if repeats:
+        # The same line twice would be read (extracted, aligned) as two images: a doubled
+        # weight in its centroid and a perfect near-duplicate pair. Read once, and say so.
+        lineno, first = repeats[0]
+        warnings.append(
+            f"{path}: {len(repeats):,} line(s) repeat an earlier one (same photo, same "
+            f"label; e.g. line {lineno} = line {first}): each photo is read once"
+        )
     if max(n_labels, default=1) > 1:
         warnings.append(
             f"{path}: im2rec lines carry up to {max(n_labels)} labels; the first is the identity"

@@ -201,8 +201,11 @@ def open_stores(paths) -> list[tuple[Path, pq.ParquetFile]]:
                 f"embedding dimension {other} does not match {dim} of {first.name}", p
             )
     if len(stores) > 1:
+        from faceclean.data.shared_rows import refuse_shared_rows
+
         _check_one_extraction(stores)
         _check_shards(stores)
+        refuse_shared_rows(stores, [_meta(pf, p).get("dataset") for p, pf in stores])
     return stores
 
 

@@ -17,10 +17,13 @@ need an event loop. What a framework would add is done here by hand and tested:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import json
 import secrets
+import signal
+import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -264,20 +267,54 @@ def serve(
     port: int = 8765,
     data_root: str | Path | None = None,
     on_ready: Callable[[str], None] | None = None,
-) -> None:
-    """Serve the review of ``clean_dir`` until interrupted.
+) -> dict:
+    """Serve the review of ``clean_dir`` until interrupted (Ctrl-C, SIGINT).
 
     Holds the lock of ``review.parquet`` (see :func:`faceclean.outputs.output_lock`) for
     its whole life, so two servers never write one review. ``on_ready`` gets the address
-    once the server listens (``port`` 0 picks a free one)."""
+    once the server listens (``port`` 0 picks a free one). Returns what the session did:
+    the address, the review file, the items in each queue, and the decisions saved at
+    start and at exit (in all, and per queue)."""
     clean_dir = Path(clean_dir)
     check_clean_folder(clean_dir)  # before the lock file is made in a folder it refuses
     with output_lock(clean_dir / REVIEW_FILE):
-        httpd = make_server(ReviewApp(clean_dir, data_root), host, port)
+        app = ReviewApp(clean_dir, data_root)
+        at_start = len(app.store.rows)
+        httpd = make_server(app, host, port)
         bound = httpd.server_address[1]
-        if on_ready:
-            on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{bound}/")
-        try:
-            httpd.serve_forever()
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/"
+        try:  # from the address on: a Ctrl-C right after it still ends the session well
+            with _term_as_interrupt():
+                if on_ready:
+                    on_ready(url)
+                httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass  # the way a review ends: every decision is already saved
         finally:
             httpd.server_close()
+        return {
+            "address": url,
+            "review": str(clean_dir / REVIEW_FILE),
+            "queues": {k: int(v) for k, v in app.index.counts.items()},
+            "decisions_at_start": at_start,
+            "decisions": len(app.store.rows),
+            "decided_by_queue": app.decided(),
+        }
+
+
+@contextlib.contextmanager
+def _term_as_interrupt():
+    """SIGTERM ends the review as Ctrl-C does (a batch job's end, `kill PID`, or a server
+    started in the background, where SIGINT is ignored), so its summary is still given."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -77,13 +77,23 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
     held = [output / n for n in SEARCH_OUTPUTS if (output / n).exists()]
     if resume:
         if not (output / "state.pt").exists():
-            raise FacecleanError("holds no search to resume (no state.pt)", output)
+            raise FacecleanError(
+                "holds no search to resume (no state.pt: none, or one stopped before its first "
+                "step ended); pass --overwrite to start it again",
+                output,
+            )
         return
     if output.exists() and not output.is_dir():
         raise FacecleanError("is a file, not a folder", output)
     # A search stopped by its signal check left only signal.json: a re-run (with --force or
     # other settings) may start there, and reuses the check when nothing changed.
     if [p for p in held if p.name != "signal.json"] and not overwrite:
+        if not (output / "state.pt").exists():  # --resume would refuse it: say what works
+            raise FacecleanError(
+                "holds the files of a search stopped before its first step ended (no "
+                "state.pt); pass --overwrite to start it again",
+                output,
+            )
         raise FacecleanError(
             "holds a search already; pass --resume to continue it or --overwrite to replace it",
             output,
