@@ -52,6 +52,28 @@ def read_store(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return emb[ok], labels[ok].astype(np.int64)
 
 
+def joined_rows(store: str | Path, clean_list: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [n, d] from ``store``, clean labels [n]) of a clean list's rows (Parquet:
+    path, label), joined to the store by path."""
+    kept = pq.read_table(clean_list, columns=["path", "label"])
+    paths = pq.read_table(store, columns=["path"])["path"].to_pylist()
+    emb, _ = read_store(store)
+    if len(emb) != len(paths):
+        raise FacecleanError("rows without a label cannot be joined by path", store)
+    # A path may repeat (appended noise rows): the clean list keeps the store's order, so
+    # the k-th kept row of a path is its k-th row in the store.
+    where: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        where.setdefault(p, []).append(i)
+    index = []
+    for p in kept["path"].to_pylist():
+        rows = where.get(p)
+        if not rows:
+            raise FacecleanError(f"clean list row {p!r} is not in the store", clean_list)
+        index.append(rows.pop(0))
+    return emb[np.asarray(index, dtype=np.int64)], kept["label"].to_numpy()
+
+
 def head_layers(width: float, depth: float, hidden: int) -> tuple[int, int]:
     """(hidden layers, units per layer) of the head for the W and D tokens."""
     return max(1, round(2 * depth)), max(8, round(hidden * width))
@@ -137,24 +159,7 @@ class EmbeddingHeadTrial:
 
     def training_rows(self, tau_intra: float, tau_inter: float):
         """(embeddings [n, d], clean labels [n]) of the rows the trial's cleaning keeps."""
-        clean_list = self._cleaner().clean_list(tau_intra, tau_inter)
-        kept = pq.read_table(clean_list, columns=["path", "label"])
-        store = pq.read_table(self.embeddings, columns=["path"])["path"].to_pylist()
-        emb, _ = read_store(self.embeddings)
-        if len(emb) != len(store):
-            raise FacecleanError("rows without a label cannot be joined by path", self.embeddings)
-        # A path may repeat (appended noise rows): the clean list keeps the store's order,
-        # so the k-th kept row of a path is its k-th row in the store.
-        where: dict[str, list[int]] = {}
-        for i, p in enumerate(store):
-            where.setdefault(p, []).append(i)
-        index = []
-        for p in kept["path"].to_pylist():
-            rows = where.get(p)
-            if not rows:
-                raise FacecleanError(f"clean list row {p!r} is not in the store", clean_list)
-            index.append(rows.pop(0))
-        return emb[np.asarray(index, dtype=np.int64)], kept["label"].to_numpy()
+        return joined_rows(self.embeddings, self._cleaner().clean_list(tau_intra, tau_inter))
 
     def validation(self) -> tuple[np.ndarray, np.ndarray]:
         emb, labels = read_store(self.val_store)
@@ -169,6 +174,12 @@ class EmbeddingHeadTrial:
         accepted for the trial interface (nothing is written per trial)."""
         steps = self.steps if budget is None else budget_steps(self.steps, budget)
         x, y = self.training_rows(combo["tau_intra"], combo["tau_inter"])
+        return self.fit_score(x, y, combo, seed, steps)
+
+    def fit_score(self, x: np.ndarray, y: np.ndarray, combo: dict, seed: int, steps: int) -> dict:
+        """Train the head of ``combo`` (its loss and W/D; the cleaning is the caller's: the
+        rows given) on embeddings ``x`` [n, d] with labels ``y`` (0..K-1) for ``steps``
+        SGD steps and score it on the validation store."""
         val_x, val_y = self.validation()
         if val_x.shape[1] != x.shape[1]:
             raise FacecleanError(
