@@ -26,9 +26,9 @@ def _noise_seeds(ctx, param, value: int) -> int:
 @click.argument("embeddings", type=click.Path(path_type=Path))
 @click.option(
     "--val",
-    required=True,
     type=click.Path(path_type=Path),
-    help="Validation identities (folder or list) that score each trial.",
+    help="Validation identities (folder or list) that score each trial (needed unless "
+    "--trial embedding-head without --retrain-top).",
 )
 @click.option(
     "--data",
@@ -152,6 +152,29 @@ def _noise_seeds(ctx, param, value: int) -> int:
     show_default=True,
     help="With --ray-address on GPUs: 0.5 runs at most two trials per GPU.",
 )
+@click.option(
+    "--trial",
+    "trial_kind",
+    type=click.Choice(["real", "embedding-head"]),
+    default="real",
+    show_default=True,
+    help="What a trial trains: real = a backbone on the images; embedding-head = a small MLP "
+    "(depth/width from D/W) on the extractor's embeddings with the trial's cleaning and loss, "
+    "scored on --val-store (seconds per trial on a CPU).",
+)
+@click.option(
+    "--val-store",
+    type=click.Path(path_type=Path),
+    help="Embeddings of the validation identities (same extractor) for embedding-head "
+    "trials; with --check-fidelity it adds that level to the check.",
+)
+@click.option(
+    "--head-steps",
+    default=300,
+    type=_POS,
+    show_default=True,
+    help="SGD steps of a full embedding-head trial (batch 256, lr 0.01, cosine).",
+)
 @click.option("--input-size", default=112, type=click.IntRange(32, 1024), show_default=True)
 @click.option("--embedding-size", default=128, type=_POS, show_default=True)
 @click.option(
@@ -257,6 +280,9 @@ def search_cmd(
     max_cost,
     workers,
     gpus_per_trial,
+    trial_kind,
+    val_store,
+    head_steps,
     input_size,
     embedding_size,
     epochs,
@@ -281,6 +307,13 @@ def search_cmd(
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    head = {"val_store": str(val_store), "steps": head_steps} if val_store else None
+    if trial_kind == "embedding-head" and not val_store:
+        raise click.UsageError("--trial embedding-head needs --val-store (validation embeddings)")
+    if val_store and trial_kind == "real" and not check_fidelity:
+        raise click.UsageError("--val-store is read by --trial embedding-head or --check-fidelity")
+    if val is None and (trial_kind == "real" or check_fidelity or retrain_top):
+        raise click.UsageError("--val is needed (validation images for real trials)")
     train_kwargs = {
         "input_size": input_size,
         "embedding_size": embedding_size,
@@ -296,7 +329,7 @@ def search_cmd(
         run_fidelity_check(
             embeddings, val, output, data_root=data, aspects=aspects, space_file=space_file,
             train_kwargs=train_kwargs, fars=tuple(fars), trial_identities=trial_identities,
-            combos=fidelity_combos, seed=seed, console=console,
+            combos=fidelity_combos, seed=seed, console=console, head=head,
         )  # fmt: skip
         return
     summary = run_search(
@@ -316,6 +349,7 @@ def search_cmd(
         overwrite=overwrite,
         signal_seeds=signal_seeds,
         force=force,
+        head=head if trial_kind == "embedding-head" else None,
         controller={
             "controller_lr": controller_lr,
             "ppo_epochs": ppo_epochs,

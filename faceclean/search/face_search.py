@@ -128,6 +128,7 @@ def run_search(
     overwrite=False,
     signal_seeds=0,
     force=False,
+    head=None,
 ) -> dict:
     """The CLI's search: real trials (:class:`faceclean.search.trial.FaceTrial`), a live
     status table, plots, and optionally the top-k combinations re-trained for longer.
@@ -140,6 +141,9 @@ def run_search(
     ``signal_seeds`` (0: off; the CLI's default 3) runs the signal check first and stops
     with its one-line reason when the trials measure only noise, unless ``force``; its
     sigma then shows in the status table, the plots and the final table (ties).
+    ``head`` (keyword arguments of :class:`faceclean.search.embedding_trial.EmbeddingHeadTrial`,
+    ``val_store`` among them) makes every trial the embedding-head level (seconds; ``val``
+    then is only needed by ``retrain_top``, which trains real models).
     Returns {"trials", "top", "plots", "signal"[, "retrained"]}."""
     from faceclean.search.plots import plot_search
     from faceclean.search.space import load_space
@@ -148,22 +152,28 @@ def run_search(
 
     output = Path(output)
     space = load_space(space_file, aspects)
-    for name, path in (("embeddings", embeddings), ("validation set", val)):
-        if not Path(path).exists():
-            raise FacecleanError(f"{name} not found", path)
-    refuse_inputs([output], [p for p in (embeddings, val, data_root) if p])
+    scored_on = head["val_store"] if head else val
+    inputs = {"embeddings": embeddings, "validation set": scored_on}
+    if retrain_top:
+        inputs["validation identities (--retrain-top)"] = val
+    for name, path in inputs.items():
+        if path is None or not Path(path).exists():
+            raise FacecleanError(f"{name} not found", path or "(not given)")
+    refuse_inputs([output], [p for p in (embeddings, val, scored_on, data_root) if p])
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):  # a second search into the same folder is refused
         prepare_output(output, resume, overwrite)
         fingerprints = {
             "embeddings": file_fingerprint(embeddings),
-            "validation set": file_fingerprint(val),
+            "validation set": file_fingerprint(scored_on),
         }
+        if head:  # another kind of trial: a resume of a real-trial search is refused
+            fingerprints["trial"] = "embedding-head " + json.dumps(head, sort_keys=True)
         kwargs = dict(train_kwargs or {})
         options = dict(controller or {})
-        if options.get("fidelity") and not kwargs.get("max_steps"):
+        if options.get("fidelity") and not head and not kwargs.get("max_steps"):
             raise FacecleanError("--fidelity maps each trial's budget to --max-steps: give it")
-        trial = FaceTrial(
+        real = FaceTrial(
             str(embeddings),
             str(val),
             str(output),
@@ -173,6 +183,16 @@ def run_search(
             identities=trial_identities,
             subset_seed=seed,
         )
+        trial = real
+        if head:
+            from faceclean.search.embedding_trial import EmbeddingHeadTrial
+
+            trial = EmbeddingHeadTrial(
+                str(embeddings), work_dir=str(output), fars=tuple(fars),
+                identities=trial_identities, subset_seed=seed,
+                **{"input_size": kwargs.get("input_size", 112),
+                   "embedding_size": kwargs.get("embedding_size", 128), **head},
+            )  # fmt: skip
         base_macs = count_macs(
             MobileFaceNet(
                 1.0, 1.0, kwargs.get("embedding_size", 128), kwargs.get("input_size", 112)
@@ -313,12 +333,12 @@ def run_search(
         if retrain_top:
             final = []
             longer = FaceTrial(
-                trial.embeddings,
-                trial.val,
+                real.embeddings,
+                real.val,
                 str(output / "retrain"),
-                trial.data_root,
+                real.data_root,
                 {**kwargs, "epochs": retrain_epochs, "max_steps": None},
-                trial.fars,
+                real.fars,
             )
             for rank, t in enumerate(result.top(retrain_top)):
                 combo = {k: t[k] for k in TOKENS}

@@ -27,6 +27,7 @@ from faceclean.search.methods import run_trial, uniform_novel
 from faceclean.search.space import SearchSpace
 
 SEED_OFFSET = 800_000  # below the signal check's, far above any search trial's
+HEAD = "embedding-head"  # the named level of faceclean.search.embedding_trial
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -62,13 +63,15 @@ def bootstrap_interval(a, b, n: int = 2000, level: float = 0.9, seed: int = 0):
     return float(np.quantile(rhos, tail)), float(np.quantile(rhos, 1 - tail))
 
 
-def assess_fidelity(accs: dict[float, list[float]], min_corr: float, seed: int = 0) -> dict:
-    """{"levels": [{budget, rho, interval, holds}] for each cheaper budget, "cheapest"
-    (the cheapest budget whose ranking holds; the richest when none does)} from the ACCs
-    per budget (same combinations, same order)."""
-    richest = max(accs)
+def assess_fidelity(accs: dict, min_corr: float, seed: int = 0) -> dict:
+    """{"levels": [{budget, rho, interval, holds}] for each cheaper level, "cheapest" (the
+    cheapest level whose ranking holds; the richest when none does)} from the ACCs per
+    level (same combinations, same order). A level is a budget (float) or a named level
+    (str, e.g. "embedding-head"), which counts as cheaper than every budget."""
+    budgets = sorted(b for b in accs if not isinstance(b, str))
+    richest = budgets[-1]
     levels = []
-    for budget in sorted(b for b in accs if b != richest):
+    for budget in [b for b in accs if isinstance(b, str)] + budgets[:-1]:
         rho = spearman(accs[budget], accs[richest])
         lo, hi = bootstrap_interval(accs[budget], accs[richest], seed=seed)
         holds = math.isfinite(rho) and rho >= min_corr and lo > 0
@@ -86,15 +89,21 @@ def check_fidelity(
     seed: int = 0,
     min_corr: float = 0.6,
     on_trial: Callable[[dict], None] | None = None,
+    named: dict[str, Callable] | None = None,
 ) -> dict:
     """Train ``combos`` uniformly drawn combinations at every budget with
-    ``trial_fn(combo, seed, budget=b)`` and assess (see the module docstring). Returns
+    ``trial_fn(combo, seed, budget=b)``, and at each ``named`` level (name -> a trial
+    function of its own, e.g. the embedding head's, called ``(combo, seed)``), and assess
+    (see the module docstring; a named level is ranked against the richest budget). Returns
     {"trials", "levels", "cheapest", "richest", "min_corr", "failed"}; a failed trial leaves
     its combination out of the correlations (and is counted in "failed")."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "fidelity.json"
+    named = dict(named or {})
     settings = {"budgets": list(budgets), "combos": combos, "seed": seed}
+    if named:  # a check without named levels reads back as before
+        settings["named"] = {k: repr(v) for k, v in named.items()}
     state = json.loads(path.read_text()) if path.exists() else {}
     if state.get("settings") != settings:
         state = {"settings": settings, "trials": []}
@@ -103,11 +112,14 @@ def check_fidelity(
     done = {(t["combo"], t["budget"]) for t in state["trials"]}
     for c, row in enumerate(tokens.tolist()):
         combo = space.decode(row)
-        for j, budget in enumerate(budgets):
+        for j, budget in enumerate([*budgets, *named]):
             if (c, budget) in done:
                 continue
             s = seed * 1_000_003 + SEED_OFFSET + 10 * c + j
-            out = run_trial(trial_fn, combo, s, budget)
+            if isinstance(budget, str):
+                out = run_trial(named[budget], combo, s)
+            else:
+                out = run_trial(trial_fn, combo, s, budget)
             record = {"combo": c, "budget": budget, "tokens": row, "seed": s, **combo, **out}
             state["trials"].append(record)
             with atomic_path(path) as tmp:
@@ -119,7 +131,7 @@ def check_fidelity(
     accs = {
         b: [next(t["acc"] for t in state["trials"] if t["combo"] == c and t["budget"] == b)
             for c in keep]
-        for b in budgets
+        for b in [*budgets, *named]
     }  # fmt: skip
     verdict = assess_fidelity(accs, min_corr, seed) if len(keep) >= 3 else {
         "richest": max(budgets), "levels": [], "cheapest": max(budgets), "min_corr": min_corr
@@ -145,10 +157,13 @@ def run_fidelity_check(
     seed: int = 0,
     min_corr: float = 0.6,
     console=None,
+    head: dict | None = None,
 ) -> dict:
     """The CLI's ``faceclean search --check-fidelity``: real trials (FaceTrial) at 1/9, 1/3
     and all of ``train_kwargs["max_steps"]``, in ``output/fidelity/`` (apart from a search's
-    files, so a search into ``output`` can follow), and a table on ``console``."""
+    files, so a search into ``output`` can follow), and a table on ``console``. ``head``
+    (keyword arguments of :class:`EmbeddingHeadTrial`, ``val_store`` among them) adds the
+    embedding-head level, ranked against the full level like the others."""
     from faceclean.errors import FacecleanError
     from faceclean.outputs import output_lock
     from faceclean.search.space import load_space
@@ -168,15 +183,32 @@ def run_fidelity_check(
         kwargs, tuple(fars), identities=trial_identities, subset_seed=seed,
     )  # fmt: skip
 
+    named = {}
+    if head:
+        from faceclean.search.embedding_trial import EmbeddingHeadTrial
+
+        if not Path(head["val_store"]).exists():
+            raise FacecleanError("validation store not found", head["val_store"])
+        named[HEAD] = EmbeddingHeadTrial(
+            str(embeddings), work_dir=str(work), fars=tuple(fars),
+            identities=trial_identities, subset_seed=seed, **head,
+        )  # fmt: skip
+
+    def level(budget) -> str:
+        """A level as shown: "N steps", or a named level's name."""
+        if isinstance(budget, str):
+            return budget
+        return f"{budget_steps(kwargs['max_steps'], budget)} steps"
+
     def show(record):
         if console:
-            steps = budget_steps(kwargs["max_steps"], record["budget"])
+            steps = level(record["budget"])
             what = f"ACC {record['acc']:.4f}" if record["error"] is None else record["error"]
-            console.print(f"combination {record['combo'] + 1}/{combos}, {steps} steps: {what}")
+            console.print(f"combination {record['combo'] + 1}/{combos}, {steps}: {what}")
 
     with output_lock(work):
         result = check_fidelity(space, trial, work, combos=combos, seed=seed,
-                                min_corr=min_corr, on_trial=show)  # fmt: skip
+                                min_corr=min_corr, on_trial=show, named=named)  # fmt: skip
     if console:
         from rich.table import Table
 
@@ -185,18 +217,18 @@ def run_fidelity_check(
             f"({combos - result['failed']} combinations, 90% bootstrap interval)"
         )
         table = Table(title=title)
-        for col in ("steps", "rho", "interval", f"holds (rho >= {min_corr:g}, low > 0)"):
+        for col in ("level", "rho", "interval", f"holds (rho >= {min_corr:g}, low > 0)"):
             table.add_column(col)
         for lv in result["levels"]:
             lo, hi = lv["interval"]
             table.add_row(
-                str(budget_steps(kwargs["max_steps"], lv["budget"])),
+                level(lv["budget"]),
                 f"{lv['rho']:.2f}", f"[{lo:.2f}, {hi:.2f}]", "yes" if lv["holds"] else "no",
             )  # fmt: skip
         console.print(table)
-        cheapest = budget_steps(kwargs["max_steps"], result["cheapest"])
+        cheapest = result["cheapest"]
+        what = level(cheapest) + ("" if isinstance(cheapest, str) else f" (budget {cheapest:.3g})")
         console.print(
-            f"cheapest fidelity whose ranking holds: {cheapest} steps "
-            f"(budget {result['cheapest']:.3g}); results in {work / 'fidelity.json'}"
+            f"cheapest fidelity whose ranking holds: {what}; results in {work / 'fidelity.json'}"
         )
     return result

@@ -55,6 +55,22 @@ def resolved_acc(
     return float(acc), weights, float(chance)
 
 
+def acc_fields(scores: dict, fars: tuple[float, ...]) -> dict:
+    """A trial's score fields from :func:`evaluate_embeddings`'s ``scores``: acc (over the
+    resolved FARs, see :func:`resolved_acc`), chance_acc, acc_weights, impostor_pairs,
+    tars {far: TAR}."""
+    tars = [scores[f"tar@far={f:g}"] for f in fars]
+    resolved = [scores[f"resolved@far={f:g}"] for f in fars]
+    acc, weights, chance = resolved_acc(fars, tars, resolved)
+    return {
+        "acc": acc,
+        "chance_acc": chance,
+        "acc_weights": weights,
+        "impostor_pairs": scores["impostor_pairs"],
+        "tars": {f"{f:g}": t for f, t in zip(fars, tars, strict=True)},
+    }
+
+
 def budget_steps(max_steps: int | None, budget: float) -> int:
     """The SGD steps of a trial of ``budget`` (share of a full trial of ``max_steps``)."""
     if max_steps is None:
@@ -162,17 +178,10 @@ class FaceTrial:
         run = Path(self.work_dir) / "trials" / (run_name or f"seed{seed}")
         summary = train(cfg, run)
         scores = evaluate_run(run, self.val, self.fars)
-        tars = [scores[f"tar@far={f:g}"] for f in self.fars]
-        resolved = [scores[f"resolved@far={f:g}"] for f in self.fars]
-        acc, weights, chance = resolved_acc(self.fars, tars, resolved)
         model = build_backbone(cfg)
         clean_summary = read_clean_summary(Path(cfg.clean_list).parent)
         return {
-            "acc": acc,
-            "chance_acc": chance,
-            "acc_weights": weights,
-            "impostor_pairs": scores["impostor_pairs"],
-            "tars": {f"{f:g}": t for f, t in zip(self.fars, tars, strict=True)},
+            **acc_fields(scores, self.fars),
             "macs": count_macs(model),
             "params": sum(p.numel() for p in model.parameters()),
             # What the cleaning applied: the chosen value when the combo says "auto".
