@@ -251,3 +251,40 @@ def test_debias_promotes_what_full_training_prefers_not_what_short_training_does
     assert max(t["reward"] for t in late[True]) > max(t["reward"] for t in late[False])
     with pytest.raises(FacecleanError, match="fidelity"):
         search(load_space(), ShortBiased(), tmp_path / "x", steps=1, batch=2, debias=True)
+
+
+def test_cli_debias_reaches_the_search_and_needs_fidelity(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from helpers import one_error_line
+
+    import faceclean.search.trial
+    from faceclean.cli import main
+    from faceclean.search.trial_log import read_log
+
+    def fake(self, combo, seed, run_name=None, budget=None):
+        steps = budget_steps(self.train_kwargs["max_steps"], budget)
+        return ShortBiased()(combo, seed, budget) | {"train_steps": steps}
+
+    monkeypatch.setattr(faceclean.search.trial.FaceTrial, "__call__", fake)
+    (tmp_path / "e.parquet").write_bytes(b"x")
+    (tmp_path / "val").mkdir()
+    base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path / "val"),
+            "--max-steps", "9", "--signal-seeds", "0", "--method", "random", "--batch", "2",
+            "--debias"]  # fmt: skip
+    bad = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "a")])
+    one_error_line(bad, "fidelity")
+    logs = {}
+    for name, extra in (("plain", []), ("debias", ["--debias"])):
+        args = [*base[:-1], *extra, "-o", str(tmp_path / name), "--fidelity", "--max-cost", "24"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        logs[name] = read_log(tmp_path / name)
+    assert {t["train_steps"] for t in logs["debias"]} == {1, 3, 9}
+    # Same rung-0 draws (random search, same seed); from the second bracket on, the
+    # promotions rank corrected rewards: deeper models than short training alone picks
+    # (the fake under-rates depth at short budgets, see ShortBiased).
+    depth = {
+        k: np.mean([t["depth"] for t in log if t["bracket"] >= 1 and t["rung"] == 1])
+        for k, log in logs.items()
+    }
+    assert depth["debias"] > depth["plain"]
