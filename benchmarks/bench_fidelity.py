@@ -20,7 +20,7 @@ the arm's best is >= ppo-400's best of the same seed.
 
     nice -n 10 python benchmarks/bench_fidelity.py [--seeds 20] [--jobs 2]
         [--objectives coupled,rugged,deceptive,needle] [--arms ...] [--cost 100]
-        [--explore 0.0] [--json out.json]
+        [--explore 0.0] [--eta 3] [--rungs 3] [--debias] [--json out.json]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ ARMS = {  # name: (method, fidelity, trials or None, uses --cost)
 
 def run_arm(task: tuple) -> dict:
     """One (objective, seed, arm) search: the best true reward at full budget, and cost."""
-    name, seed, arm, cost, explore = task
+    name, seed, arm, cost, explore, mf = task
     method, fidelity, trials = ARMS[arm]
     space = load_space()
     obj = make_objective(name, space, seed)
@@ -75,6 +75,7 @@ def run_arm(task: tuple) -> dict:
             fidelity=fidelity,
             max_cost=cost if fidelity else None,
             explore=explore if method == "ppo" else 0.0,
+            **(mf if fidelity else {}),
         )
         wall = time.perf_counter() - t0
     full = [x for x in r.trials if x.get("budget", 1.0) == 1.0]
@@ -100,6 +101,12 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--cost", type=float, default=100.0)
     ap.add_argument("--explore", type=float, default=0.0, help="PPO's uniform share")
+    ap.add_argument("--eta", type=int, default=3, help="successive halving's reduction")
+    ap.add_argument("--rungs", type=int, default=3, help="successive halving's rungs")
+    ap.add_argument(
+        "--debias", action="store_true", help="search(..., debias=True): the -mf arms "
+        "correct short rewards with a bias model learnt from the promotions"
+    )  # fmt: skip
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--json", type=Path)
     ap.add_argument(
@@ -111,8 +118,9 @@ def main() -> None:
     args = ap.parse_args()
     arms = args.arms.split(",")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    mf = {"eta": args.eta, "rungs": args.rungs, "debias": args.debias}
     tasks = [
-        (n, s, a, args.cost, args.explore)
+        (n, s, a, args.cost, args.explore, mf)
         for n in args.objectives.split(",")
         for s in seeds
         for a in arms
@@ -130,7 +138,8 @@ def main() -> None:
         arms = ["ppo-400", *[a for a in arms if a != "ppo-400"]]
     print(
         f"{args.seeds} seeds, cost {args.cost:g} for the -mf arms, PPO explore "
-        f"{args.explore:g}; {time.perf_counter() - t0:.0f} s (nice, shared 2-core machine)"
+        f"{args.explore:g}, successive halving {mf}; {time.perf_counter() - t0:.0f} s "
+        "(nice, shared 2-core machine)"
     )
     for name in args.objectives.split(","):
         print(f"\n== {name} ==   arm          best true reward at full budget, median [IQR]"

@@ -197,3 +197,94 @@ def test_a_face_trial_trains_its_budget_share_of_max_steps(tmp_path):
     assert trial.config(combo, 0, budget=1 / 3).max_steps == 3
     assert trial.config(combo, 0, budget=1 / 9).max_steps == 1
     assert trial.config(combo, 0).max_steps == 9  # no budget: today's trial
+
+
+class ShortBiased:
+    """Deterministic trials whose full-budget reward grows with depth while a short trial
+    under-rates depth by (1 - b) * 2 u_depth: every short rung prefers shallow models."""
+
+    def __init__(self):
+        self.space = load_space()
+
+    def __call__(self, combo, seed, budget):
+        depths = self.space.choices["depth"]
+        u = depths.index(combo["depth"]) / (len(depths) - 1)
+        return {"acc": 1.0 + u - (1 - budget) * 2 * u, "macs": 1.0}
+
+
+def test_bias_model_learns_the_short_trials_shortfall_from_promoted_pairs():
+    from faceclean.search.fidelity import BiasModel
+
+    space, trial, rng = load_space(), ShortBiased(), np.random.default_rng(0)
+    done = {}
+    for i in range(40):  # pairs (1/9 -> 1/3) of random combinations
+        tokens = [int(rng.integers(0, n)) for n in space.sizes]
+        for j, b in enumerate((1 / 9, 1 / 3)):
+            r = trial(space.decode(tokens), 0, b)["acc"]
+            done[2 * i + j] = {"trial": 2 * i + j, "tokens": tokens, "budget": b, "reward": r,
+                               "promoted_from": 2 * i if j else None}  # fmt: skip
+    model = BiasModel(space.sizes, l2=1e-3).fit(done)
+    depth = 1 + list(space.choices).index("depth")
+    assert model.w[depth] == pytest.approx(2.0, abs=0.05)
+    short = [t for t in done.values() if t["budget"] < 0.2]
+    fixed = model.correct(1 / 9, [t["tokens"] for t in short], [t["reward"] for t in short])
+    full = [trial(space.decode(t["tokens"]), 0, 1.0)["acc"] for t in short]
+    assert np.abs(fixed - full).max() < 0.02  # the full-budget reward, from a short trial
+    est = model.estimates(done)
+    assert sorted(est) == [t["trial"] for t in short]  # keyed by the rung-0 trial
+    assert BiasModel(space.sizes).fit({}).w is None  # no pairs: no correction
+
+
+def test_debias_promotes_what_full_training_prefers_not_what_short_training_does(tmp_path):
+    depth = lambda ts: np.mean([t["depth"] for t in ts])  # noqa: E731
+    runs = {}
+    for debias in (False, True):
+        runs[debias] = search(
+            load_space(), ShortBiased(), tmp_path / str(debias), steps=26, batch=3,
+            fidelity=True, method="random", seed=2, debias=debias,
+        )  # fmt: skip
+    late = {
+        k: [t for t in r.trials if t["bracket"] == 1 and t["rung"] == 2] for k, r in runs.items()
+    }
+    # Without the model the short rungs promote shallow models; with it, deep ones.
+    assert depth(late[True]) > depth(late[False]) + 0.1
+    assert max(t["reward"] for t in late[True]) > max(t["reward"] for t in late[False])
+    with pytest.raises(FacecleanError, match="fidelity"):
+        search(load_space(), ShortBiased(), tmp_path / "x", steps=1, batch=2, debias=True)
+
+
+def test_cli_debias_reaches_the_search_and_needs_fidelity(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from helpers import one_error_line
+
+    import faceclean.search.trial
+    from faceclean.cli import main
+    from faceclean.search.trial_log import read_log
+
+    def fake(self, combo, seed, run_name=None, budget=None):
+        steps = budget_steps(self.train_kwargs["max_steps"], budget)
+        return ShortBiased()(combo, seed, budget) | {"train_steps": steps}
+
+    monkeypatch.setattr(faceclean.search.trial.FaceTrial, "__call__", fake)
+    (tmp_path / "e.parquet").write_bytes(b"x")
+    (tmp_path / "val").mkdir()
+    base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path / "val"),
+            "--max-steps", "9", "--signal-seeds", "0", "--method", "random", "--batch", "2",
+            "--debias"]  # fmt: skip
+    bad = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "a")])
+    one_error_line(bad, "fidelity")
+    logs = {}
+    for name, extra in (("plain", []), ("debias", ["--debias"])):
+        args = [*base[:-1], *extra, "-o", str(tmp_path / name), "--fidelity", "--max-cost", "24"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        logs[name] = read_log(tmp_path / name)
+    assert {t["train_steps"] for t in logs["debias"]} == {1, 3, 9}
+    # Same rung-0 draws (random search, same seed); from the second bracket on, the
+    # promotions rank corrected rewards: deeper models than short training alone picks
+    # (the fake under-rates depth at short budgets, see ShortBiased).
+    depth = {
+        k: np.mean([t["depth"] for t in log if t["bracket"] >= 1 and t["rung"] == 1])
+        for k, log in logs.items()
+    }
+    assert depth["debias"] > depth["plain"]

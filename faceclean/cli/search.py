@@ -133,6 +133,13 @@ def _noise_seeds(ctx, param, value: int) -> int:
     "the controller (or random/TPE) proposes the first rung. Each trial logs its budget.",
 )
 @click.option(
+    "--debias",
+    is_flag=True,
+    help="With --fidelity: learn how short trials under- or over-rate combinations from the "
+    "promoted ones (measured at two budgets) and promote, and learn from, short rewards "
+    "corrected to full budget.",
+)
+@click.option(
     "--max-cost",
     type=Finite(0, 1e9, min_open=True),
     help="Stop once the trials' summed budgets reach this many full trials "
@@ -277,6 +284,7 @@ def search_cmd(
     proposals,
     explore,
     fidelity,
+    debias,
     max_cost,
     workers,
     gpus_per_trial,
@@ -359,6 +367,7 @@ def search_cmd(
             "gpus_per_trial": gpus_per_trial,
             "explore": explore,
             "fidelity": fidelity,
+            "debias": debias,
             "max_cost": max_cost,
         },
         fars=tuple(fars),

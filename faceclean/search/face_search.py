@@ -133,11 +133,12 @@ def run_search(
     """The CLI's search: real trials (:class:`faceclean.search.trial.FaceTrial`), a live
     status table, plots, and optionally the top-k combinations re-trained for longer.
     ``controller`` holds keyword arguments of :func:`search` (controller_lr, ppo_epochs,
-    entropy, warmup_trials, proposals, gpus_per_trial, explore, fidelity, max_cost); with
-    ``fidelity`` a trial's budget b trains round(b x max_steps) steps. ``trial_identities``
-    (proxy mode) trains each trial on a subset of that many identities drawn with ``seed``; with
-    ``train_kwargs["max_steps"]`` a trial is a fixed number of SGD steps. An ``output``
-    that holds a search needs ``resume`` or ``overwrite`` (which deletes that search).
+    entropy, warmup_trials, proposals, gpus_per_trial, explore, fidelity, debias,
+    max_cost); with ``fidelity`` a trial's budget b trains round(b x max_steps) steps.
+    ``trial_identities`` (proxy mode) trains each trial on a subset of that many identities
+    drawn with ``seed``; with ``train_kwargs["max_steps"]`` a trial is a fixed number of SGD
+    steps. An ``output`` that holds a search needs ``resume`` or ``overwrite`` (which
+    deletes that search).
     ``signal_seeds`` (0: off; the CLI's default 3) runs the signal check first and stops
     with its one-line reason when the trials measure only noise, unless ``force``; its
     sigma then shows in the status table, the plots and the final table (ties).

@@ -37,7 +37,7 @@ import torch
 from faceclean.errors import FacecleanError
 from faceclean.search.controller import PPO, Controller, one_thread
 from faceclean.search.defaults import DEFAULTS, METHODS
-from faceclean.search.fidelity import Schedule, spent
+from faceclean.search.fidelity import BiasModel, Schedule, spent
 from faceclean.search.methods import (
     GaussianSearch,
     make_pool,
@@ -105,6 +105,7 @@ def search(
     max_cost: float | None = None,
     eta: int = 3,
     rungs: int = 3,
+    debias: bool = False,
 ) -> SearchResult:
     """Run (or resume) a search of ``steps`` x ``batch`` trials; see the module docstring.
 
@@ -129,7 +130,11 @@ def search(
     the same fidelity; PPO's elite set from full-budget ones), promotions re-run the best at
     eta times the budget. ``max_cost`` stops the search once the trials' summed budgets
     reach that many full trials (each trial costs 1 without ``fidelity``); ``steps`` still
-    bounds it. :meth:`SearchResult.top` then ranks the full-budget trials.
+    bounds it. :meth:`SearchResult.top` then ranks the full-budget trials. ``debias`` (with
+    ``fidelity``) learns what short trials get wrong from the promoted pairs
+    (:class:`faceclean.search.fidelity.BiasModel`): promotions rank, and the samplers
+    and PPO's predictor learn from, rewards corrected to full budget (the predictor: each
+    combination's longest trial, corrected).
     """
     if method not in METHODS:
         raise FacecleanError(f"unknown search method {method!r}; use {', '.join(METHODS)}")
@@ -143,7 +148,10 @@ def search(
         raise FacecleanError("explore must be in [0, 1) and max_cost > 0")
     if fidelity and (eta < 2 or rungs < 1):
         raise FacecleanError("successive halving needs eta >= 2 and rungs >= 1")
+    if debias and not fidelity:
+        raise FacecleanError("debias corrects short trials: it needs fidelity=True")
     schedule = Schedule(batch, eta, rungs) if fidelity else None
+    bias = BiasModel(space.sizes) if debias else None
     run_dir = Path(run_dir)
     state_path, log_path = run_dir / "state.pt", run_dir / "trials.jsonl"
     if (state_path.exists() or log_path.exists()) and not resume:
@@ -216,7 +224,7 @@ def search(
         while step < steps and (max_cost is None or spent(done) < max_cost - 1e-9):
             bracket, rung, _ = schedule.locate(step) if schedule else (None, 0, 0)
             if pending is None and rung > 0:  # re-run the previous rung's best, longer
-                parents = schedule.promoted(step, done)
+                parents = schedule.promoted(step, done, bias)
                 pending = {
                     "tokens": [t["tokens"] for t in parents],
                     "logp": None,
@@ -231,6 +239,9 @@ def search(
                 predicted = None
                 if tokens is None and method == "ppo":
                     history = [done[i] for i in sorted(done) if done[i].get("rung", 0) == 0]
+                    if bias:  # each combination's best estimate of its full-budget reward
+                        est = bias.fit(done).estimates(done)
+                        history = [t | {"reward": est[t["trial"]]} for t in history]
                     tried = {tuple(t["tokens"]) for t in done.values()}
                     n_uniform = min(round(explore * batch), batch - 1)
                     tokens, logp, h, predicted = _ppo_batch(
@@ -301,7 +312,10 @@ def search(
                 done[i] = record
                 if on_trial:
                     on_trial(record)
-            rewards = torch.tensor([done[i]["reward"] for i in ids], dtype=torch.float32)
+            learn = [done[i]["reward"] for i in ids]
+            if bias and rung == 0:  # learn from the short rewards corrected to full budget
+                learn = bias.fit(done).correct(schedule.budget(0), pending["tokens"], learn)
+            rewards = torch.tensor(np.asarray(learn), dtype=torch.float32)
             tokens = torch.tensor(pending["tokens"])
             if rung > 0:  # promotions teach the samplers nothing but PPO's elite set
                 if method == "ppo" and rung == schedule.rungs - 1:
@@ -312,7 +326,7 @@ def search(
             elif method == "gaussian":
                 gaussian.update(np.asarray(pending["tokens"]), rewards.numpy())
             elif method == "tpe":
-                _tell_tpe(study, tpe_dists, asked, ids, pending, done)
+                _tell_tpe(study, tpe_dists, asked, pending, [float(v) for v in learn])
                 asked = {}
             step, pending = step + 1, None
             persist()
@@ -371,17 +385,17 @@ def _check_resume(meta, path, method, space_list, batch, fingerprints) -> None:
         )
 
 
-def _tell_tpe(study, dists, asked, ids, pending, done) -> None:
+def _tell_tpe(study, dists, asked, pending, rewards) -> None:
     import optuna
 
-    for b, i in enumerate(ids):
+    for b, value in enumerate(rewards):
         if b in asked:
-            study.tell(asked[b], done[i]["reward"])
+            study.tell(asked[b], value)
         else:  # resumed mid-step: this trial was asked by the killed run
             study.add_trial(
                 optuna.trial.create_trial(
                     params=dict(zip(TOKENS, pending["tokens"][b], strict=True)),
                     distributions=dists,
-                    value=done[i]["reward"],
+                    value=value,
                 )
             )
