@@ -15,7 +15,8 @@ same noisy embeddings:
 * ``best fixed``: the best tau on a 0.05 grid chosen with the truth (hindsight, a ceiling
   for any single threshold; not a method);
 * ``supervised ceiling``: a ceiling for any rule on these scores, not a method: logistic
-  regression on the labels-alone scores (cos_pos, cos_neg, D, log norm) fitted to the truth (out-of-fold, 5-fold),
+  regression on the labels-alone scores (cos_pos, cos_neg, D, log norm) fitted to the
+  truth (out-of-fold, 5-fold),
   its probability cut at the best value in hindsight. A rule that sees only the scores
   and not the truth is not expected to pass it;
 * ``cleanlab LR`` and ``cleanlab centroid``: ``cleanlab.filter.find_label_issues``
