@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
 from faceclean.cleaning.clean import clean
-from faceclean.cleaning.filter import class_sums, filter_store, stores_for
+from faceclean.cleaning.filter import class_sums, filter_store
 from faceclean.cleaning.noise import inject_noise
-from faceclean.cleaning.ray_clean import pieces
+from faceclean.cleaning.ray_clean import pieces, stores_for
 from faceclean.cli import main
 from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
 from faceclean.errors import FacecleanError
@@ -47,6 +47,7 @@ def one_thread(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_one_store_is_cut_into_row_group_chunks(store, ray_two_workers):
     cut = pieces([store], 2)
     assert len(cut) == 2 and cut[0][1:3] == (0, cut[1][1]) and cut[1][3] == cut[1][1] * 100
@@ -56,6 +57,7 @@ def test_one_store_is_cut_into_row_group_chunks(store, ray_two_workers):
     assert np.array_equal(sums, local[0]) and np.array_equal(counts, local[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("floors", [{}, {"min_cos_pos": 0.2, "tau_intra": "auto"}])
 def test_filter_on_ray_equals_one_process(store, ray_two_workers, floors):
     kw = {"tau_intra": 0.6, **floors, "batch_rows": 64}
@@ -68,6 +70,7 @@ def test_filter_on_ray_equals_one_process(store, ray_two_workers, floors):
         assert np.array_equal(getattr(ray, name), getattr(local, name)), name
 
 
+@pytest.mark.slow
 def test_clean_on_ray_of_two_shards_equals_one_process(store, tmp_path, ray_two_workers):
     """Two stores given (extract's shards): one task each; every output the same."""
     table = pq.read_table(store)
@@ -87,6 +90,7 @@ def test_clean_on_ray_of_two_shards_equals_one_process(store, tmp_path, ray_two_
     )
 
 
+@pytest.mark.slow
 def test_cli_merge_on_ray_equals_one_process(store, tmp_path, ray_two_workers):
     out = {}
     for name, extra in (("local", []), ("ray", ["--ray-address", "local"])):
@@ -99,6 +103,7 @@ def test_cli_merge_on_ray_equals_one_process(store, tmp_path, ray_two_workers):
     assert out["ray"].equals(out["local"])
 
 
+@pytest.mark.slow
 def test_bad_row_on_a_worker_is_a_one_line_error(tmp_path, ray_two_workers):
     x, y = clustered_embeddings(4, 50, 8, seed=1)
     x[170, 3] = np.nan

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from faceclean.cleaning.store_sums import add_rows
+
 
 class DroppedRows:
     """Dropped (labels, unit rows) per batch: labels in memory (8 bytes a row), rows in a
@@ -41,9 +43,7 @@ class DroppedRows:
 
     def subtract_from(self, sums: np.ndarray) -> None:
         """sums[label] -= row for every dropped row, in place, one batch at a time as
-        :func:`faceclean.cleaning.filter.add_rows` with sign -1 would have done it."""
-        from faceclean.cleaning.filter import add_rows
-
+        :func:`~faceclean.cleaning.store_sums.add_rows` with sign -1 would have done it."""
         if self.file is None:
             return
         self.file.flush()

@@ -23,7 +23,6 @@ sample is dropped vanish from the clean list and are counted in the summary.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.dropped import DroppedRows
-from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.cleaning.ray_clean import ray_session, stores_for
+from faceclean.cleaning.scoring import (  # noqa: F401 (re-exported: scoring's old home)
+    EPS,
+    LocalStores,
+    Scorer,
+    discriminability,
+    keep_mask,
+    score_batches,
+    scorer_state,
+)
 from faceclean.cleaning.store_sums import (  # noqa: F401 (the readers' old home: re-exported)
     _checked_batches,
     _label_bound,
@@ -54,16 +62,7 @@ from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 from faceclean.progress import RowProgress
 
-EPS = 1e-6
 SCORE_COLUMNS = ("cos_pos", "hardest_negative", "cos_neg", "discriminability", "keep")
-
-
-def discriminability(cos_pos: np.ndarray, cos_neg: np.ndarray) -> np.ndarray:
-    """D = cos_pos / cos_neg, with +inf (cos_pos > 0) or 0 where cos_neg <= 1e-6."""
-    safe = cos_neg > EPS
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = np.where(safe, cos_pos / np.where(safe, cos_neg, 1.0), 0.0)
-    return np.where(safe, d, np.where(cos_pos > 0, np.inf, 0.0))
 
 
 @dataclass
@@ -108,105 +107,6 @@ class FilterResult:
     def dropped_per_class(self) -> np.ndarray:
         """int64 [K]: samples of each class the filter dropped."""
         return self.counts - self.kept_counts
-
-
-def scorer_state(
-    sums: np.ndarray, counts: np.ndarray, label_map: np.ndarray | None = None, where=None
-) -> dict:
-    """What scoring a batch reads, per class: the unit centroids of the present classes
-    (float32 [K', d], the index's database), the sums (float32 [K, d], for x . S_y), their
-    squared norms (float64 [K]), counts, positions in the index; one dict, so that Ray
-    tasks share it through the object store (:mod:`.ray_clean`)."""
-    present = np.flatnonzero(counts > 0)
-    if len(present) < 2:
-        raise FacecleanError(
-            f"has {len(present)} class(es); filtering needs at least two to find negatives",
-            where,
-        )
-    # One float32 K x d centroid array (no copy when every class is present).
-    centroids = normalise_rows(sums).astype(np.float32, copy=False)
-    if len(present) < len(counts):
-        centroids = centroids[present]
-    position = np.full(len(counts), -1, np.int64)
-    position[present] = np.arange(len(present))
-    return {
-        "centroids": centroids,
-        "sums": sums.astype(np.float32, copy=False),
-        "sq_norms": np.einsum("kd,kd->k", sums, sums, dtype=np.float64),
-        "counts": counts,
-        "present": present,
-        "position": position,
-        "label_map": label_map,
-    }
-
-
-class Scorer:
-    """Scores of one batch against :func:`scorer_state` (see the module doc)."""
-
-    def __init__(self, state: dict, loo_below=None, device="auto", backend="auto"):
-        self.state, self.loo_below = state, loo_below
-        self.index = InnerProductIndex(state["centroids"], device, backend)
-
-    def __call__(self, x: np.ndarray, y: np.ndarray, on_block=None) -> dict:
-        """Score columns of unit rows ``x`` (float32 [n, d]) labelled ``y``."""
-        st = self.state
-        y = y if st["label_map"] is None else st["label_map"][y]
-        sims, pos = self.index.hardest_excluding(x, st["position"][y], on_block)
-        neg = st["present"][pos]
-        cos_neg = sims.astype(np.float64)
-        dot = np.einsum("nd,nd->n", x, st["sums"][y]).astype(np.float64)
-        n_y, sq = st["counts"][y], st["sq_norms"][y]
-        full = dot / np.sqrt(sq)
-        # Leave-one-out: x . (S - x) / |S - x| with |x| = 1.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            loo = (dot - 1.0) / np.sqrt(np.maximum(sq - 2.0 * dot + 1.0, 0.0))
-        cos_pos = loo if self.loo_below is None else np.where(n_y < self.loo_below, loo, full)
-        singleton = n_y == 1
-        cos_pos[singleton] = np.nan
-        d = discriminability(cos_pos, cos_neg)
-        d[singleton] = np.nan
-        return {
-            "cos_pos": cos_pos.astype(np.float32),
-            "hardest_negative": neg.astype(np.int64),
-            "cos_neg": cos_neg.astype(np.float32),
-            "discriminability": d.astype(np.float32),
-            "_device": self.index.device,
-        }
-
-
-def score_batches(
-    path: str | Path | list,
-    sums: np.ndarray,
-    counts: np.ndarray,
-    loo_below: int | None = None,
-    batch_rows: int = 65536,
-    device: str = "auto",
-    columns: tuple[str, ...] = ("path", "label", "identity", "embedding"),
-    backend: str = "auto",
-    label_map: np.ndarray | None = None,
-    on_block=None,
-) -> Iterator[tuple[dict, dict]]:
-    """Yield (input batch, score columns) for every batch of the store(s); see module doc.
-    With ``label_map`` (label -> group), sums and counts are per group. ``on_block``: see
-    :meth:`InnerProductIndex.hardest_excluding` (`clean --dedup`)."""
-    path = as_paths(path)
-    where = path[0] if len(path) == 1 else ", ".join(p.name for p in path)
-    score = Scorer(scorer_state(sums, counts, label_map, where), loo_below, device, backend)
-    cols = tuple(dict.fromkeys((*columns, "label", "embedding")))
-    for batch in _checked_batches(path, cols, batch_rows):
-        yield batch, score(batch["embedding"], batch["label"], on_block)
-
-
-def keep_mask(batch: dict, scores: dict, thresholds: Thresholds) -> np.ndarray:
-    """bool [n]: D >= tau_intra (NaN, a singleton, is kept) and above the floors that are
-    on. Compared in float64: a threshold past float32's range (1e308) would otherwise be
-    cast down with NumPy's overflow warning printed to the user."""
-    keep = ~(np.float64(scores["discriminability"]) < thresholds.tau_intra)
-    if thresholds.min_cos_pos is not None:
-        keep &= ~(np.float64(scores["cos_pos"]) < thresholds.min_cos_pos)
-    if thresholds.min_norm is not None:  # a NaN norm is not above the floor
-        keep &= np.float64(batch["norm"]) >= thresholds.min_norm
-    return keep
 
 
 def filter_store(
@@ -278,8 +178,6 @@ def filter_store(
             # the near-duplicate bound is stated for, or on other machines.
             raise ValueError("on_block is not supported with same_identity groups or Ray")
         if ray_address:
-            from faceclean.cleaning.ray_clean import ray_session
-
             stack.enter_context(ray_session(ray_address))
         return _filter(
             stores_for(path, batch_rows, ray_address),
@@ -292,45 +190,6 @@ def filter_store(
             on_block,
             keep_class_sums,
             before_kept,
-        )
-
-
-def stores_for(path, batch_rows: int, ray_address: str | None = None):
-    """The class sums and scoring passes over ``path``: in this process, or as Ray tasks
-    with ``ray_address`` (a session must be open: :func:`.ray_clean.ray_session`)."""
-    if ray_address:
-        from faceclean.cleaning.ray_clean import RayStores
-
-        return RayStores(as_paths(path), batch_rows)
-    return LocalStores(as_paths(path), batch_rows)
-
-
-class LocalStores:
-    """The filter's two passes in this process (:class:`.ray_clean.RayStores`: as Ray
-    tasks, the same results)."""
-
-    def __init__(self, path: list[Path], batch_rows: int):
-        self.path, self.batch_rows = path, batch_rows
-
-    def class_sums(self) -> tuple[np.ndarray, np.ndarray]:
-        return class_sums(self.path, self.batch_rows)
-
-    def score_batches(self, scored, run, columns, thresholds=None, on_block=None):
-        """(batch, scores) in store order; ``thresholds`` is for the Ray tasks (which
-        return only the dropped rows' embeddings), unused here."""
-        loo_below, device, backend = run
-        sums, counts, label_map = scored
-        return score_batches(
-            self.path,
-            sums,
-            counts,
-            loo_below,
-            self.batch_rows,
-            device,
-            columns,
-            backend,
-            label_map,
-            on_block,
         )
 
 

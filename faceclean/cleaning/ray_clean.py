@@ -9,10 +9,10 @@ batches:
 
 * class sums: each task returns its batches' partial sums (distinct labels, float32 sums,
   counts: about K x d in all for a store in class order, as extract writes it) and this
-  process adds them in store order (:func:`faceclean.cleaning.filter.sum_partials`): the
+  process adds them in store order (:func:`faceclean.cleaning.store_sums.sum_partials`): the
   same additions in the same order as one process, so the same bits. One CPU a task (a
   float32 scatter-add; a GPU would idle).
-* scoring: the per-class state (:func:`faceclean.cleaning.filter.scorer_state`: the unit
+* scoring: the per-class state (:func:`faceclean.cleaning.scoring.scorer_state`: the unit
   centroids, the sums x . S_y reads, their norms and counts) is put in the object store
   once and read there by every task (no copy per task on a node); each task scores its
   batches against it (one GPU a task when the cluster has GPUs, else one CPU) and returns
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceclean.cleaning.filter import Scorer, keep_mask, scorer_state
+from faceclean.cleaning.scoring import LocalStores, Scorer, keep_mask, scorer_state
 from faceclean.cleaning.store_sums import (
     _checked_file,
     _label_bound,
@@ -41,7 +41,7 @@ from faceclean.cleaning.store_sums import (
     max_label_bound,
     sum_partials,
 )
-from faceclean.data.store import open_stores
+from faceclean.data.store import as_paths, open_stores
 from faceclean.errors import FacecleanError
 
 INSTALL = 'pip install "faceclean[ray]"'
@@ -108,7 +108,7 @@ def _piece_partials(piece, batch_rows: int, max_label: int) -> list[tuple]:
 def _score_piece(state, piece, columns, batch_rows, max_label, run, thresholds) -> list:
     """A task: (batch less its embeddings, scores) for each batch of one piece; with
     ``thresholds``, ``batch["_dropped"]`` holds the labels and embeddings of the rows
-    :func:`~faceclean.cleaning.filter.keep_mask` drops."""
+    :func:`~faceclean.cleaning.scoring.keep_mask` drops."""
     loo_below, device, backend = run
     score = Scorer(state, loo_below, device, backend)
     cols = tuple(dict.fromkeys((*columns, "label", "embedding")))
@@ -126,7 +126,7 @@ def _score_piece(state, piece, columns, batch_rows, max_label, run, thresholds) 
 
 class RayStores:
     """The filter's passes over ``path`` as Ray tasks (a Ray session must be open:
-    :func:`ray_session`); the interface of :class:`faceclean.cleaning.filter.LocalStores`."""
+    :func:`ray_session`); the interface of :class:`faceclean.cleaning.scoring.LocalStores`."""
 
     def __init__(self, path: list[Path], batch_rows: int):
         self.ray = import_ray()
@@ -168,3 +168,11 @@ class RayStores:
         refs = [task.remote(state, p, *args) for p in self.pieces]
         del state  # the tasks hold it; freed when the last one is done
         yield from self._results(refs)
+
+
+def stores_for(path, batch_rows: int, ray_address: str | None = None):
+    """The class sums and scoring passes over ``path``: in this process, or as Ray tasks
+    with ``ray_address`` (a session must be open: :func:`ray_session`)."""
+    if ray_address:
+        return RayStores(as_paths(path), batch_rows)
+    return LocalStores(as_paths(path), batch_rows)

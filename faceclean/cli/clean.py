@@ -148,10 +148,10 @@ def merge_cmd(
     """Group classes that are one identity (union-find over centroid links)."""
     import numpy as np
 
-    from faceclean.cleaning.filter import filter_store, stores_for
+    from faceclean.cleaning.filter import filter_store
     from faceclean.cleaning.merge import merge_classes
     from faceclean.cleaning.merge_auto import identity_groups, resolve_merge_thresholds
-    from faceclean.cleaning.ray_clean import ray_session
+    from faceclean.cleaning.ray_clean import ray_session, stores_for
 
     if tau_inter != "auto":
         _check_tau_inter(tau_inter, force)
