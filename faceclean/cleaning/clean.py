@@ -32,6 +32,7 @@ from faceclean.cleaning.filter import FilterResult, filter_store
 from faceclean.cleaning.merge import MergeResult, merge_classes
 from faceclean.cleaning.merge_auto import identity_groups, resolve_merge_thresholds
 from faceclean.cleaning.near_pairs import PairSearch
+from faceclean.cleaning.ray_clean import ray_session
 from faceclean.data.datasets import read_image_bytes
 from faceclean.data.preprocess import ImageError
 from faceclean.data.recimages import rec_image, write_property
@@ -191,6 +192,7 @@ def clean(
     dedup_keep: bool = False,
     review: str | Path | None = None,
     progress: bool = False,
+    ray_address: str | None = None,
 ) -> CleanResult:
     """Filter (tau_intra), merge the kept classes (tau_inter), write every output.
 
@@ -219,6 +221,9 @@ def clean(
     without one: that would lose the person's work.
 
     ``progress``: progress bars (lines in a log) on stderr for the passes over the rows.
+    ``ray_address``: the filter's class sums and scoring (and the first pass of an auto
+    threshold) run as Ray tasks on this cluster, one Ray session for the whole clean ("local"
+    starts one here; see :mod:`.ray_clean`); the outputs are the same as in one process.
     """
     embeddings, out = as_paths(embeddings), Path(output_dir)
     if fmt not in FORMATS:
@@ -227,15 +232,20 @@ def clean(
         data_root = read_metadata(embeddings[0]).get("dataset")
     inputs = [*embeddings, data_root]
     reviewed = _read_review(review, out, overwrite)
-    with writing(out, overwrite=overwrite, inputs=inputs, folder=True, wait=wait) as tmp:
+    with (
+        writing(out, overwrite=overwrite, inputs=inputs, folder=True, wait=wait) as tmp,
+        ray_session(ray_address),  # one for the whole clean
+    ):
         given = embeddings
         # --dedup alone lists duplicates from the filter's own product (one pass for both);
         # --exclude / --dedup-keep: clean a copy without the dropped rows (deleted below).
         excluded, review_summary = _reviewed_exclude(reviewed, exclude, tmp)
         # The shared product holds similarities to the class centroids: not with rows
         # dropped first, nor with --tau-intra auto (its filter scores against identity
-        # groups); those take dedup's own exact pass.
+        # groups), nor on Ray (the product is on other machines); those take dedup's own
+        # exact pass, in this process.
         alone = dedup is not None and not dedup_keep and excluded is None and tau_intra != "auto"
+        alone = alone and not ray_address
         shared = PairSearch(dedup, tmp) if alone else None
         embeddings, restricted = restrict_inputs(
             given, tmp, excluded, None if shared else dedup, dedup_keep, device, backend, progress
@@ -256,6 +266,7 @@ def clean(
         if tau_intra == "auto":
             first = tmp / "scores-first-pass.parquet"
             floors = {"min_cos_pos": min_cos_pos, "min_norm": min_norm, "backend": backend}
+            floors["ray_address"] = ray_address
             groups = identity_groups(
                 embeddings, tau_inter, min_link_ratio, first, batch_rows, device, **floors
             )
@@ -273,10 +284,17 @@ def clean(
             backend=backend,
             on_block=shared.add_block if shared else None,
             progress=progress,
+            # The merge needs only the kept sums: the class sums become them in place (one
+            # K x d array less; dedup reads its centroids from them first).
+            keep_class_sums=False,
+            before_kept=(
+                (lambda s, c: restricted.update(dedup_from_filter(given, shared, s, c, tmp)))
+                if shared
+                else None
+            ),
+            ray_address=ray_address,
         )
         tau_intra = fr.thresholds.tau_intra  # the value applied (chosen, with auto)
-        if shared:
-            restricted |= dedup_from_filter(given, shared, fr.class_sums, fr.counts, tmp)
         fr.require_kept(tau_intra, embeddings[0] if len(embeddings) == 1 else None)
         keep = pq.read_table(paths["scores"], columns=["keep"])["keep"]
         tau_inter, min_link_ratio, merge_why = resolve_merge_thresholds(

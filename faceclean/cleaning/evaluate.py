@@ -76,7 +76,9 @@ def sweep(
     for t in TAU_INTRA_SWEEP:
         keep = ~(d < t)
         rows.append({"stage": "filter", "threshold": t, **evaluate(keep, noise)})
-    fr = filter_store(embeddings, tau_intra, None, loo_below=loo_below, device=device)
+    fr = filter_store(
+        embeddings, tau_intra, None, loo_below=loo_below, device=device, keep_class_sums=False
+    )
     keep = fr.scores["keep"].to_numpy(zero_copy_only=False)
     for t in TAU_INTER_SWEEP:
         mr = merge_classes(fr.kept_sums, fr.kept_counts, t, device=device)

@@ -23,8 +23,6 @@ sample is dropped vanish from the clean list and are counted in the summary.
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,175 +30,39 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from faceclean.cleaning.faiss_backend import InnerProductIndex
+from faceclean.cleaning.dropped import DroppedRows
+from faceclean.cleaning.ray_clean import ray_session, stores_for
+from faceclean.cleaning.scoring import (  # noqa: F401 (re-exported: scoring's old home)
+    EPS,
+    LocalStores,
+    Scorer,
+    discriminability,
+    keep_mask,
+    score_batches,
+    scorer_state,
+)
+from faceclean.cleaning.store_sums import (  # noqa: F401 (the readers' old home: re-exported)
+    _checked_batches,
+    _label_bound,
+    add_rows,
+    batch_partial,
+    class_sums,
+    max_label_bound,
+    normalise_rows,
+    sum_partials,
+)
 from faceclean.cleaning.thresholds import (
     Thresholds,
     choose_thresholds,
     group_sums,
     parse_thresholds,
 )
-from faceclean.data.store import (
-    as_paths,
-    atomic_path,
-    iter_row_groups,
-    open_store,
-    open_stores,
-)
+from faceclean.data.store import as_paths, atomic_path, open_stores
 from faceclean.errors import FacecleanError
 from faceclean.outputs import writing
 from faceclean.progress import RowProgress
 
-EPS = 1e-6
 SCORE_COLUMNS = ("cos_pos", "hardest_negative", "cos_neg", "discriminability", "keep")
-
-
-def _checked_batches(paths, columns, batch_rows: int) -> Iterator[dict]:
-    """Stream one or several stores, refusing null, NaN/inf and zero-norm embeddings, null
-    or negative labels, and labels far beyond the number of rows, with an error naming
-    the file and row."""
-    paths = as_paths(paths)
-    rows = sum(pf.metadata.num_rows for _, pf in open_stores(paths))
-    for path in paths:
-        yield from _checked_file(path, columns, batch_rows, max_label_bound(rows))
-
-
-def max_label_bound(rows: int) -> int:
-    """The largest label accepted in a store of ``rows`` rows.
-
-    Per-class sums take (largest label + 1) x dim float64, so a label of 2^40 would ask
-    for petabytes: labels are ids 0..K-1 with K <= rows, and sharded or split-noise label
-    spaces stay within twice the rows; anything beyond is refused, not allocated."""
-    return 2 * rows + 1024
-
-
-def _as_numpy(batch, name: str, dim: int, path: Path, start: int) -> np.ndarray:
-    col = batch.column(name)
-    nulls = col.is_null() if col.null_count else None
-    if name == "embedding":
-        if nulls is not None or col.flatten().null_count:
-            # A null list, or a null value inside one: name the first row holding either.
-            bad = col.is_null().to_numpy(zero_copy_only=False).copy()
-            if not bad.any():
-                inner = col.flatten().is_null().to_numpy(zero_copy_only=False)
-                bad = inner.reshape(-1, dim).any(axis=1)
-            raise FacecleanError(f"row {start + int(np.argmax(bad))}: embedding is null", path)
-        values = col.flatten().to_numpy(zero_copy_only=False)
-        return values.astype(np.float32, copy=False).reshape(-1, dim)
-    if nulls is not None:
-        row = start + int(np.argmax(nulls.to_numpy(zero_copy_only=False)))
-        raise FacecleanError(f"row {row}: {name} is null", path)
-    return col.to_numpy(zero_copy_only=False)
-
-
-def _checked_file(path: Path, columns, batch_rows: int, max_label: int) -> Iterator[dict]:
-    pf = open_store(path)
-    dim = pf.schema_arrow.field("embedding").type.list_size
-    start = 0
-    for record_batch in iter_row_groups(pf, list(columns), batch_rows):
-        batch = {c: _as_numpy(record_batch, c, dim, path, start) for c in columns}
-        emb, labels = batch["embedding"], batch["label"]
-        bad = ~np.isfinite(emb).all(axis=1)
-        if bad.any():
-            row = start + int(np.argmax(bad))
-            raise FacecleanError(f"row {row}: embedding contains NaN or inf", path)
-        norms = np.linalg.norm(emb, axis=1)
-        if (norms < 1e-3).any():
-            row = start + int(np.argmax(norms < 1e-3))
-            raise FacecleanError(f"row {row}: embedding has zero norm", path)
-        if (labels < 0).any():
-            raise FacecleanError(f"row {start + int(np.argmax(labels < 0))}: negative label", path)
-        if len(labels) and labels.max() > max_label:
-            row = start + int(np.argmax(labels > max_label))
-            raise FacecleanError(
-                f"row {row}: label {int(labels[row - start])} is far beyond the number of "
-                f"rows (labels must be ids 0..K-1; the largest accepted here is {max_label})",
-                path,
-            )
-        # Stored float16 or slightly off unit length: renormalise so the maths is exact.
-        if np.abs(norms - 1).max() > 1e-5:
-            batch["embedding"] = emb / norms[:, None]
-        start += len(labels)
-        yield batch
-
-
-def class_sums(path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class embedding sums and counts, streaming: (float32 [K, d], int64 [K]).
-
-    ``path`` is one embedding store or a list of shards (same dimension, one label space).
-    K is the largest label + 1; labels that never occur have count 0 and a zero sum.
-
-    Float32 (~1e-7 relative error, far below any threshold's resolution; float64 would
-    double the largest array: 8.2 GB at 2M x 512; README, "Cleaning at scale"), allocated
-    once at K read from the Parquet statistics when present (doubling holds 2x a while).
-    """
-    stores = open_stores(path)
-    dim = stores[0][1].schema_arrow.field("embedding").type.list_size
-    k0 = _label_bound(stores)
-    sums = np.zeros((k0, dim), np.float32)
-    counts = np.zeros(k0, np.int64)
-    for batch in _checked_batches(path, ("label", "embedding"), batch_rows):
-        labels, emb = batch["label"], batch["embedding"]
-        k = int(labels.max()) + 1 if len(labels) else 0
-        if k > len(counts):  # grow by doubling: sorted labels would otherwise copy per batch
-            grown = max(k, 2 * len(counts))
-            sums = np.vstack([sums, np.zeros((grown - len(counts), dim), np.float32)])
-            counts = np.concatenate([counts, np.zeros(grown - len(counts), np.int64)])
-        add_rows(sums, labels, emb)
-        counts += np.bincount(labels, minlength=len(counts))
-    k = int(np.flatnonzero(counts).max()) + 1 if counts.any() else 0
-    if k == len(counts):
-        return sums, counts
-    return sums[:k].copy(), counts[:k].copy()
-
-
-def _label_bound(stores) -> int:
-    """Largest label + 1 from the row-group statistics (0 if any is missing or the label
-    is beyond :func:`max_label_bound`: the batches then name the bad row)."""
-    top, rows = -1, 0
-    for _, pf in stores:
-        rows += pf.metadata.num_rows
-        col = pf.schema_arrow.get_field_index("label")
-        for i in range(pf.metadata.num_row_groups):
-            stats = pf.metadata.row_group(i).column(col).statistics
-            if stats is None or not stats.has_min_max:
-                return 0
-            top = max(top, int(stats.max))
-    return top + 1 if 0 <= top <= max_label_bound(rows) else 0
-
-
-def add_rows(sums: np.ndarray, labels: np.ndarray, rows: np.ndarray, sign: float = 1.0) -> None:
-    """sums[labels[i]] += sign * rows[i] for every i, in place (float32 or float64 ``sums``).
-
-    A float32 scatter-add over the batch's distinct labels (torch's index_add_, ~100x
-    faster than numpy's reduceat or add.at with many small classes), then one add into
-    ``sums``: deterministic, since a CPU index_add_ sums each class's rows in batch order.
-    """
-    import torch
-
-    if len(labels) == 0:
-        return
-    present, inverse = np.unique(labels, return_inverse=True)
-    batch = torch.zeros((len(present), rows.shape[1]), dtype=torch.float32)
-    with warnings.catch_warnings():  # read-only Arrow buffers: torch only reads them here
-        warnings.simplefilter("ignore", UserWarning)
-        source = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
-    batch.index_add_(0, torch.from_numpy(inverse.astype(np.int64).ravel()), source)
-    sums[present] += sign * batch.numpy()
-
-
-def normalise_rows(m: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), in ``m``'s dtype. The norms are
-    summed in float64 without a K x d temporary (``np.linalg.norm`` would square a copy)."""
-    n = np.sqrt(np.einsum("kd,kd->k", m, m, dtype=np.float64))[:, None].astype(m.dtype)
-    return np.divide(m, n, out=np.zeros_like(m), where=n > 0)
-
-
-def discriminability(cos_pos: np.ndarray, cos_neg: np.ndarray) -> np.ndarray:
-    """D = cos_pos / cos_neg, with +inf (cos_pos > 0) or 0 where cos_neg <= 1e-6."""
-    safe = cos_neg > EPS
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = np.where(safe, cos_pos / np.where(safe, cos_neg, 1.0), 0.0)
-    return np.where(safe, d, np.where(cos_pos > 0, np.inf, 0.0))
 
 
 @dataclass
@@ -212,7 +74,7 @@ class FilterResult:
     num_classes: int
     num_emptied: int
     num_singletons: int
-    class_sums: np.ndarray  # float32 [K, d], all samples
+    class_sums: np.ndarray | None  # float32 [K, d], all samples (None: not kept)
     kept_sums: np.ndarray  # float32 [K, d], kept samples only (for merge)
     counts: np.ndarray  # int64 [K]
     kept_counts: np.ndarray  # int64 [K]
@@ -247,67 +109,6 @@ class FilterResult:
         return self.counts - self.kept_counts
 
 
-def score_batches(
-    path: str | Path | list,
-    sums: np.ndarray,
-    counts: np.ndarray,
-    loo_below: int | None = None,
-    batch_rows: int = 65536,
-    device: str = "auto",
-    columns: tuple[str, ...] = ("path", "label", "identity", "embedding"),
-    backend: str = "auto",
-    label_map: np.ndarray | None = None,
-    on_block=None,
-) -> Iterator[tuple[dict, dict]]:
-    """Yield (input batch, score columns) for every batch of the store(s); see module doc.
-    With ``label_map`` (label -> group), sums and counts are per group. ``on_block``: see
-    :meth:`InnerProductIndex.hardest_excluding` (`clean --dedup`)."""
-    path = as_paths(path)
-    present = np.flatnonzero(counts > 0)
-    if len(present) < 2:
-        raise FacecleanError(
-            f"has {len(present)} class(es); filtering needs at least two to find negatives",
-            path[0] if len(path) == 1 else ", ".join(p.name for p in path),
-        )
-    # One float32 K x d centroid array (no copy when every class is present).
-    centroids = normalise_rows(sums).astype(np.float32, copy=False)
-    every = len(present) == len(counts)
-    index = InnerProductIndex(centroids if every else centroids[present], device, backend)
-    del centroids
-    position = np.full(len(counts), -1, np.int64)
-    position[present] = np.arange(len(present))
-    sq_norms = np.einsum("kd,kd->k", sums, sums, dtype=np.float64)
-    sums32 = sums.astype(np.float32, copy=False)
-    cols = tuple(dict.fromkeys((*columns, "label", "embedding")))
-    for batch in _checked_batches(path, cols, batch_rows):
-        x, y = batch["embedding"], batch["label"]
-        y = y if label_map is None else label_map[y]
-        sims, pos = index.hardest_excluding(x, position[y], on_block)
-        neg = present[pos]
-        cos_neg = sims.astype(np.float64)
-        dot = np.einsum("nd,nd->n", x, sums32[y]).astype(np.float64)
-        n_y = counts[y]
-        full = dot / np.sqrt(sq_norms[y])
-        # Leave-one-out: x . (S - x) / |S - x| with |x| = 1.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            loo = (dot - 1.0) / np.sqrt(np.maximum(sq_norms[y] - 2.0 * dot + 1.0, 0.0))
-        cos_pos = loo if loo_below is None else np.where(n_y < loo_below, loo, full)
-        singleton = n_y == 1
-        cos_pos[singleton] = np.nan
-        d = discriminability(cos_pos, cos_neg)
-        d[singleton] = np.nan
-        yield (
-            batch,
-            {
-                "cos_pos": cos_pos.astype(np.float32),
-                "hardest_negative": neg.astype(np.int64),
-                "cos_neg": cos_neg.astype(np.float32),
-                "discriminability": d.astype(np.float32),
-                "_device": index.device,
-            },
-        )
-
-
 def filter_store(
     path: str | Path | list,
     tau_intra: float | str = 0.3,
@@ -323,6 +124,9 @@ def filter_store(
     overwrite: bool = False,
     progress: bool = False,
     on_block=None,
+    keep_class_sums: bool = True,
+    before_kept=None,
+    ray_address: str | None = None,
 ) -> FilterResult:
     """Score every sample of an embedding store and keep those with D >= ``tau_intra``.
 
@@ -347,10 +151,19 @@ def filter_store(
         progress: show a progress bar (rows scored) on stderr.
         on_block: called with each block of rows and its similarities to every centroid
             (`clean --dedup` shares the filter's product; see :mod:`.near_pairs`).
+        keep_class_sums: keep the all-sample sums in ``result.class_sums`` (one more K x d
+            array); False turns them into the kept sums in place (``class_sums`` None).
+        before_kept: called with (class sums, counts) after the scoring pass, before they
+            become the kept sums (`clean --dedup` reads its centroids there).
+        ray_address: run the class sums and the scoring as Ray tasks on this cluster
+            ("local" starts one here; see :mod:`.ray_clean`), with the same result.
 
     Returns:
         A :class:`FilterResult` (``thresholds``: what was applied, and why). Two streaming
-        passes (three with an ``"auto"``); memory O(K x d + one batch), never N x d.
+        passes (three with an ``"auto"``); memory O(K x d + one batch), never N x d: two
+        float32 K x d arrays during the pass (class sums, centroids), the dropped rows
+        spilled beside ``output`` (dropped x d x 4 bytes of disk) and subtracted from the
+        class sums in place after it, in the order a running subtraction would have.
     """
     path = as_paths(path)
     output = Path(output) if output is not None else None
@@ -360,37 +173,37 @@ def filter_store(
     with contextlib.ExitStack() as stack:
         if output is not None:  # checked and locked before any work
             stack.enter_context(writing(output, overwrite=overwrite, inputs=path))
-        run = (loo_below, batch_rows, device, backend, progress)
-        return _filter(path, asked, has_norm, output, *run, same_identity, on_block)
+        if on_block is not None and (same_identity is not None or ray_address):
+            # The blocks would be similarities to group centroids, not the class centroids
+            # the near-duplicate bound is stated for, or on other machines.
+            raise ValueError("on_block is not supported with same_identity groups or Ray")
+        if ray_address:
+            stack.enter_context(ray_session(ray_address))
+        return _filter(
+            stores_for(path, batch_rows, ray_address),
+            asked,
+            has_norm,
+            output,
+            (loo_below, device, backend),
+            progress,
+            same_identity,
+            on_block,
+            keep_class_sums,
+            before_kept,
+        )
 
 
 def _filter(
-    path,
-    asked,
-    has_norm,
-    output,
-    loo_below,
-    batch_rows,
-    device,
-    backend,
-    progress,
-    group,
-    on_block=None,
+    stores, asked, has_norm, output, run, progress, group, on_block, keep_class_sums, before_kept
 ):
-    if group is not None and on_block is not None:
-        # The blocks would be similarities to group centroids, not the class centroids the
-        # near-duplicate bound is stated for (clean shares the product only without groups).
-        raise ValueError("on_block is not supported with same_identity groups")
-    sums, counts = class_sums(path, batch_rows)
+    sums, counts = stores.class_sums()
     scored = group_sums(sums, counts, group)  # what D is against: labels, or their groups
     columns = ("label", "embedding", "norm") if has_norm else ("label", "embedding")
-    batches = score_batches(
-        path, *scored[:2], loo_below, batch_rows, device, columns, backend, scored[2]
-    )
+    batches = stores.score_batches(scored, run, columns)
     thresholds = choose_thresholds(asked, has_norm, batches, int(counts.sum()), progress)
-    tau_intra = thresholds.tau_intra
-    kept_sums = sums.copy()
     kept_counts = counts.copy()
+    dropped = DroppedRows(output.parent if output is not None else None)
+    path = stores.path
     schema = pa.schema(
         [
             ("path", pa.string()),
@@ -416,26 +229,18 @@ def _filter(
     def tables_out(writer):
         nonlocal device_used
         bar = RowProgress(progress, "filter", int(counts.sum()))
-        batches = score_batches(
-            path, *scored[:2], loo_below, batch_rows, device, columns, backend, scored[2], on_block
-        )
+        batches = stores.score_batches(scored, run, columns, thresholds, on_block)
         for batch, scores in batches:
             bar.advance(len(batch["label"]))
             device_used = scores.pop("_device")
             d = scores["discriminability"]
             if (~np.isnan(d)).any():
                 top[0] = float(np.fmax(top[0], np.nanmax(d)))
-            # Compared in float64: a threshold past float32's range (1e308) would otherwise
-            # be cast down with NumPy's overflow warning printed to the user.
-            keep = ~(np.float64(d) < tau_intra)  # NaN (singletons) is kept
-            if thresholds.min_cos_pos is not None:
-                keep &= ~(np.float64(scores["cos_pos"]) < thresholds.min_cos_pos)
-            if thresholds.min_norm is not None:  # a NaN norm is not above the floor
-                keep &= np.float64(batch["norm"]) >= thresholds.min_norm
+            keep = keep_mask(batch, scores, thresholds)
             drop = ~keep
-            if drop.any():
-                y = batch["label"][drop]
-                add_rows(kept_sums, y, batch["embedding"][drop], sign=-1.0)
+            if drop.any():  # Ray tasks return only the dropped rows' embeddings
+                y, x = batch.get("_dropped") or (batch["label"][drop], batch["embedding"][drop])
+                dropped.add(y, x)
                 np.subtract.at(kept_counts, y, 1)
             identity = batch["identity"] if has_identity else batch["label"].astype(str)
             table = pa.table(
@@ -454,11 +259,17 @@ def _filter(
                 writer.write_table(table)
         bar.close()
 
-    if output is None:
-        tables_out(None)
-    else:
-        with atomic_path(output) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-            tables_out(writer)
+    with dropped:
+        if output is None:
+            tables_out(None)
+        else:
+            with atomic_path(output) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+                tables_out(writer)
+        batches = scored = None  # the index and centroids go with them
+        if before_kept is not None:
+            before_kept(sums, counts)
+        kept_sums = sums.copy() if keep_class_sums else sums
+        dropped.subtract_from(kept_sums)
     present = counts > 0
     return FilterResult(
         num_samples=int(counts.sum()),
@@ -466,7 +277,7 @@ def _filter(
         num_classes=int(present.sum()),
         num_emptied=int((present & (kept_counts == 0)).sum()),
         num_singletons=int((counts == 1).sum()),
-        class_sums=sums,
+        class_sums=sums if keep_class_sums else None,
         kept_sums=kept_sums,
         counts=counts,
         kept_counts=kept_counts,

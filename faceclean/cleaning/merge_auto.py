@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faceclean.cleaning.filter import add_rows, normalise_rows
 from faceclean.cleaning.merge import link_ratio, mean_within
+from faceclean.cleaning.store_sums import add_rows, normalise_rows
 from faceclean.data.store import as_paths, iter_embeddings
 
 FENCE_IQR = 3.0
@@ -160,6 +160,7 @@ def identity_groups(
         first_scores,
         batch_rows=batch_rows,
         device=device,
+        keep_class_sums=False,  # only the kept sums are merged
         **filter_kwargs,
     )
     if first.num_kept == 0:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from faceclean.cleaning.faiss_backend import _block_rows, _blocks
-from faceclean.cleaning.filter import _checked_batches, class_sums, normalise_rows
+from faceclean.cleaning.store_sums import _checked_batches, class_sums, normalise_rows
 from faceclean.data.store import as_paths
 from faceclean.errors import FacecleanError
 from faceclean.progress import RowProgress

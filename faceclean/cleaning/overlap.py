@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceclean.cleaning.faiss_backend import InnerProductIndex, pairs_above
-from faceclean.cleaning.filter import _checked_batches, class_sums, normalise_rows
+from faceclean.cleaning.store_sums import _checked_batches, class_sums, normalise_rows
 from faceclean.data.store import (
     as_paths,
     atomic_path,

@@ -16,6 +16,7 @@ from faceclean.cli.common import (
     _loo,
     _max_group,
     _overwrite,
+    _ray_address,
     _summary_table,
     _warn,
     _write_pairs,
@@ -50,6 +51,7 @@ from faceclean.outputs import writing
 @_backend
 @_batch_rows
 @_overwrite
+@_ray_address
 def filter_cmd(
     embeddings,
     tau_intra,
@@ -61,6 +63,7 @@ def filter_cmd(
     backend,
     batch_rows,
     overwrite,
+    ray_address,
 ):
     """Score each sample: D = cos(own centroid) / cos(hardest negative centroid).
 
@@ -84,6 +87,7 @@ def filter_cmd(
         backend=backend,
         overwrite=overwrite,
         progress=True,
+        ray_address=ray_address,
     )
     if r.num_kept == 0:  # the scores are complete, but nothing passes: say so loudly
         _warn(
@@ -128,6 +132,7 @@ def filter_cmd(
 @_batch_rows
 @_force
 @_overwrite
+@_ray_address
 def merge_cmd(
     embeddings,
     tau_inter,
@@ -140,21 +145,26 @@ def merge_cmd(
     batch_rows,
     force,
     overwrite,
+    ray_address,
 ):
     """Group classes that are one identity (union-find over centroid links)."""
     import numpy as np
 
-    from faceclean.cleaning.filter import class_sums, filter_store
+    from faceclean.cleaning.filter import filter_store
     from faceclean.cleaning.merge import merge_classes
     from faceclean.cleaning.merge_auto import identity_groups, resolve_merge_thresholds
+    from faceclean.cleaning.ray_clean import ray_session, stores_for
 
     if tau_inter != "auto":
         _check_tau_inter(tau_inter, force)
     min_link_ratio = resolve_link_ratio(tau_inter, min_link_ratio)
     pairs_path = sibling(output, ".pairs.parquet")
-    with writing(output, overwrite=overwrite, inputs=embeddings, companions=[pairs_path]):
+    with (
+        writing(output, overwrite=overwrite, inputs=embeddings, companions=[pairs_path]),
+        ray_session(ray_address),
+    ):
         if tau_intra is None:
-            sums, counts = class_sums(embeddings, batch_rows)
+            sums, counts = stores_for(embeddings, batch_rows, ray_address).class_sums()
             if not counts.sum():  # an empty merge table would pass for "nothing to merge"
                 raise FacecleanError(
                     "has no rows: there are no classes to merge", Path(embeddings[0])
@@ -164,7 +174,13 @@ def merge_cmd(
             groups = None  # see faceclean.cleaning.merge_auto.identity_groups
             if tau_intra == "auto":
                 groups = identity_groups(
-                    embeddings, tau_inter, min_link_ratio, None, batch_rows, device
+                    embeddings,
+                    tau_inter,
+                    min_link_ratio,
+                    None,
+                    batch_rows,
+                    device,
+                    ray_address=ray_address,
                 )
             fr = filter_store(
                 embeddings,
@@ -174,6 +190,8 @@ def merge_cmd(
                 loo_below=loo_below,
                 batch_rows=batch_rows,
                 device=device,
+                keep_class_sums=False,  # only the kept sums are merged
+                ray_address=ray_address,
             )
             fr.require_kept(fr.thresholds.tau_intra)
             sums, counts = fr.kept_sums, fr.kept_counts
@@ -256,6 +274,7 @@ def merge_cmd(
     help="Apply a person's decisions (review.parquet of `faceclean review`) over the "
     "thresholds; files it names that this clean lacks are reported.",
 )
+@_ray_address
 def clean_cmd(
     embeddings,
     tau_intra,
@@ -277,6 +296,7 @@ def clean_cmd(
     dedup,
     dedup_keep,
     review,
+    ray_address,
 ):
     """Filter, merge and write the clean list that `faceclean train` reads.
 
@@ -309,6 +329,7 @@ def clean_cmd(
         dedup_keep=dedup_keep,
         review=review,
         progress=True,  # a line at a steady interval in a log, as align and extract print
+        ray_address=ray_address,
     )
     _warn(r.merge.warning)
     if r.summary.get("review_missing_files"):

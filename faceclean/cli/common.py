@@ -268,6 +268,11 @@ _loo = click.option(
     "(e.g. 10), the full centroid elsewhere [default: leave-one-out for every class].",
 )
 _overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+_ray_address = click.option(
+    "--ray-address",
+    help="Run the class sums and the scoring of each shard (or row-chunk of one store) as "
+    "Ray tasks on this cluster ('local' starts one here); the same result as one process.",
+)
 
 
 # Cleaning options and helpers shared by the cleaning verbs (cli/clean.py).

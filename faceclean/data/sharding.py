@@ -84,7 +84,7 @@ def extract_shards(
     try:
         import ray
     except ImportError:
-        raise FacecleanError("--ray-address needs Ray: pip install 'faceclean[search]'") from None
+        raise FacecleanError('--ray-address needs Ray: pip install "faceclean[ray]"') from None
     started = not ray.is_initialized()
     if started:
         if ray_address == "local":
