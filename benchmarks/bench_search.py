@@ -15,7 +15,8 @@ are the 100-trial run: budgets are prefixes of one run per seed.
 
     nice -n 10 python benchmarks/bench_search.py [--seeds 20] [--budgets 100,200,400]
         [--methods ppo,random,tpe,gaussian] [--objectives coupled,rugged,deceptive]
-        [--jobs 1] [--json out.json] [--explore X] [--controller-lr X --ppo-epochs N --entropy X
+        [--jobs 1] [--json out.json] [--explore X] [--mutate X]
+        [--controller-lr X --ppo-epochs N --entropy X
         --warmup-trials N --proposals K --batch B]   (overrides: only for measuring other settings)
         [--uniform-proposals]   (ablation: screening without the policy)
 
@@ -116,6 +117,7 @@ def run_one(task: tuple) -> dict:
             target_macs=1.0,
             ppo_options=settings.get("ppo_options"),
             explore=settings.get("explore", 0.0) if method == "ppo" else 0.0,
+            mutate=settings.get("mutate", 0.0) if method == "ppo" else 0.0,
             **ppo,
         )
         wall = time.perf_counter() - t0
@@ -215,6 +217,12 @@ def main() -> None:
         help="PPO's share of each batch drawn uniformly (search(..., explore=X))",
     )
     ap.add_argument(
+        "--mutate",
+        type=float,
+        default=0.0,
+        help="PPO's share of each batch mutated from the best so far (search(..., mutate=X))",
+    )
+    ap.add_argument(
         "--uniform-proposals",
         action="store_true",
         help="ablation: PPO's proposals drawn uniformly, not from the policy",
@@ -228,6 +236,8 @@ def main() -> None:
         settings["uniform_proposals"] = True
     if args.explore:
         settings["explore"] = args.explore
+    if args.mutate:
+        settings["mutate"] = args.mutate
     space = load_space()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     names = args.objectives.split(",")

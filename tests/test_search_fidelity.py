@@ -288,3 +288,26 @@ def test_cli_debias_reaches_the_search_and_needs_fidelity(tmp_path, monkeypatch)
         for k, log in logs.items()
     }
     assert depth["debias"] > depth["plain"]
+
+
+def test_mutate_share_neighbours_the_best_and_default_is_unchanged(tmp_path):
+    space = load_space()
+    uniform = sum(-math.log(n) for n in space.sizes)
+    obj = SurrogateObjective(space, seed=2)
+    kw = dict(steps=5, batch=4, warmup_trials=4, explore=0.25, seed=5)
+    r = search(space, obj, tmp_path / "m", mutate=0.25, **kw)
+    for step in range(1, 5):
+        earlier = [t for t in r.trials if t["step"] < step]
+        best = max(earlier, key=lambda t: t["reward"])["tokens"]
+        rows = [t for t in r.trials if t["step"] == step]
+        assert rows[-1]["log_prob"] == pytest.approx(uniform)  # the explore share stays
+        changed = sum(a != b for a, b in zip(rows[-2]["tokens"], best, strict=True))
+        assert changed in (1, 2)  # the mutation: one or two tokens off the best so far
+        assert rows[-2]["log_prob"] != pytest.approx(uniform)  # the policy's log-prob of it
+    assert len({tuple(t["tokens"]) for t in r.trials}) == len(r.trials)
+    plain = search(space, obj, tmp_path / "p", **kw).trials
+    default = search(space, obj, tmp_path / "d", mutate=0.0, **kw).trials
+    assert [t["tokens"] for t in plain] == [t["tokens"] for t in default]
+    assert [t["tokens"] for t in plain] != [t["tokens"] for t in r.trials]
+    with pytest.raises(FacecleanError, match="mutate"):
+        search(space, obj, tmp_path / "x", steps=1, batch=2, explore=0.5, mutate=0.5)

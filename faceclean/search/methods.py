@@ -48,6 +48,28 @@ def uniform_novel(
     return np.concatenate([np.asarray(rows, dtype=np.int64).reshape(-1, len(sizes)), extra])
 
 
+def mutations(
+    parent: list[int], sizes: list[int], n: int, tried: set[tuple[int, ...]], rng
+) -> np.ndarray:
+    """``n`` token rows [n, T], each ``parent`` with one or two tokens (even odds) set to
+    another choice, untried and distinct (after 100 rounds of rejection, uniform untried
+    rows fill the rest: a neighbourhood tried out)."""
+    rows: list[tuple[int, ...]] = []
+    taken = set(tried)
+    movable = [t for t, k in enumerate(sizes) if k > 1]
+    for _ in range(100 * n):
+        row = list(parent)
+        for t in rng.choice(movable, min(len(movable), 1 + int(rng.integers(0, 2))), False):
+            row[t] = (row[t] + 1 + int(rng.integers(0, sizes[t] - 1))) % sizes[t]
+        if tuple(row) not in taken:
+            taken.add(tuple(row))
+            rows.append(tuple(row))
+        if len(rows) == n:
+            return np.asarray(rows, dtype=np.int64)
+    rest = uniform_novel(sizes, n - len(rows), taken, rng)
+    return np.concatenate([np.asarray(rows, dtype=np.int64).reshape(-1, len(sizes)), rest])
+
+
 def _init_worker(parent: int, threads: int) -> None:
     """Worker initializer: use ``threads`` torch threads (N workers with every core's worth
     of OpenMP threads each oversubscribe the CPU: on a busy 2-core machine two threads made

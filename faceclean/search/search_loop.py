@@ -41,6 +41,7 @@ from faceclean.search.fidelity import BiasModel, Schedule, spent
 from faceclean.search.methods import (
     GaussianSearch,
     make_pool,
+    mutations,
     run_trial,
     tpe_study,
     uniform_novel,
@@ -106,6 +107,7 @@ def search(
     eta: int = 3,
     rungs: int = 3,
     debias: bool = False,
+    mutate: float = 0.0,
 ) -> SearchResult:
     """Run (or resume) a search of ``steps`` x ``batch`` trials; see the module docstring.
 
@@ -122,7 +124,11 @@ def search(
     result); a failed check raises FacecleanError with its one-line reason unless ``force``.
     ``explore`` (in [0, 1)) is the share of each PPO batch after the warm-up drawn uniformly
     among untried combinations (rounded to whole trials; learned from off-policy, like the
-    warm-up), the rest screened from the policy's draws.
+    warm-up), the rest screened from the policy's draws. ``mutate`` (in [0, 1), with
+    ``explore`` + ``mutate`` < 1) is the share of each such batch (rounded, taken from the
+    policy's part, not the uniform one) that are one- or two-token mutations of the best
+    finished combination so far, untried and unscreened: exploits what a uniform draw found
+    (PPO learns from them with the policy's own log-probs of them).
     ``fidelity=True`` runs successive halving (:mod:`faceclean.search.fidelity`, ``eta``,
     ``rungs``): ``trial_fn(combo, seed, budget=b)`` with b in (0, 1] the trial's share of a
     full trial, logged with the trial with its rung and bracket; the method's sampler draws
@@ -146,6 +152,8 @@ def search(
         raise FacecleanError("the signal check needs >= 2 seeds to measure noise (0: no check)")
     if not 0 <= explore < 1 or (max_cost is not None and not max_cost > 0):
         raise FacecleanError("explore must be in [0, 1) and max_cost > 0")
+    if not 0 <= mutate < 1 or explore + mutate >= 1:
+        raise FacecleanError("mutate must be in [0, 1) and explore + mutate < 1")
     if fidelity and (eta < 2 or rungs < 1):
         raise FacecleanError("successive halving needs eta >= 2 and rungs >= 1")
     if debias and not fidelity:
@@ -244,10 +252,19 @@ def search(
                         history = [t | {"reward": est[t["trial"]]} for t in history]
                     tried = {tuple(t["tokens"]) for t in done.values()}
                     n_uniform = min(round(explore * batch), batch - 1)
+                    n_mut = min(round(mutate * batch), batch - 1 - n_uniform) if history else 0
                     tokens, logp, h, predicted = _ppo_batch(
-                        controller, gen, history, tried, batch - n_uniform,
+                        controller, gen, history, tried, batch - n_uniform - n_mut,
                         proposals, space.sizes, predictor, seed + step,
                     )  # fmt: skip
+                    if n_mut:  # exploit the best so far: its near neighbours, unscreened
+                        tried |= {tuple(t) for t in tokens.tolist()}
+                        best = max(history, key=lambda t: t["reward"])["tokens"]
+                        near = torch.as_tensor(mutations(best, space.sizes, n_mut, tried, rng))
+                        with one_thread(), torch.no_grad():
+                            near_logp = controller.evaluate(near)[0]
+                        tokens, logp = torch.cat([tokens, near]), torch.cat([logp, near_logp])
+                        predicted = None if predicted is None else predicted + [None] * n_mut
                     if n_uniform:  # the exploration share: uniform, untried, unscreened
                         tried |= {tuple(t) for t in tokens.tolist()}
                         extra = uniform_novel(space.sizes, n_uniform, tried, rng)
