@@ -311,3 +311,27 @@ def test_mutate_share_neighbours_the_best_and_default_is_unchanged(tmp_path):
     assert [t["tokens"] for t in plain] != [t["tokens"] for t in r.trials]
     with pytest.raises(FacecleanError, match="mutate"):
         search(space, obj, tmp_path / "x", steps=1, batch=2, explore=0.5, mutate=0.5)
+
+
+def test_cli_mutate_reaches_the_search(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import faceclean.search.face_search
+    from faceclean.cli import main
+
+    seen = {}
+
+    def fake_search(*args, **kwargs):
+        seen.update(kwargs)
+        raise FacecleanError("stopped by the test")
+
+    monkeypatch.setattr(faceclean.search.face_search, "search", fake_search)
+    (tmp_path / "e.parquet").write_bytes(b"x")
+    (tmp_path / "val").mkdir()
+    base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path / "val"),
+            "--signal-seeds", "0", "--explore", "0.5"]  # fmt: skip
+    for extra, want in (([], 0.0), (["--mutate", "0.25"], 0.25)):
+        seen.clear()
+        out = CliRunner().invoke(main, [*base, *extra, "-o", str(tmp_path / str(want))])
+        assert out.exit_code == 2 and "stopped by the test" in out.output, out.output
+        assert seen["mutate"] == want and seen["explore"] == 0.5

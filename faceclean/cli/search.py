@@ -126,6 +126,14 @@ def _noise_seeds(ctx, param, value: int) -> int:
     "combinations, unscreened: insurance against a narrow optimum the controller misses.",
 )
 @click.option(
+    "--mutate",
+    default=0.0,
+    type=Finite(0, 1, max_open=True),
+    show_default=True,
+    help="PPO's share of each batch (after the warm-up, taken from the policy's part) that "
+    "are 1-2 token mutations of the best combination so far: exploits what exploration found.",
+)
+@click.option(
     "--fidelity",
     is_flag=True,
     help="Multi-fidelity search: successive halving (eta 3, 3 rungs): each bracket trains 9 B "
@@ -283,6 +291,7 @@ def search_cmd(
     warmup_trials,
     proposals,
     explore,
+    mutate,
     fidelity,
     debias,
     max_cost,
@@ -366,6 +375,7 @@ def search_cmd(
             "proposals": proposals,
             "gpus_per_trial": gpus_per_trial,
             "explore": explore,
+            "mutate": mutate,
             "fidelity": fidelity,
             "debias": debias,
             "max_cost": max_cost,

@@ -133,7 +133,7 @@ def run_search(
     """The CLI's search: real trials (:class:`faceclean.search.trial.FaceTrial`), a live
     status table, plots, and optionally the top-k combinations re-trained for longer.
     ``controller`` holds keyword arguments of :func:`search` (controller_lr, ppo_epochs,
-    entropy, warmup_trials, proposals, gpus_per_trial, explore, fidelity, debias,
+    entropy, warmup_trials, proposals, gpus_per_trial, explore, mutate, fidelity, debias,
     max_cost); with ``fidelity`` a trial's budget b trains round(b x max_steps) steps.
     ``trial_identities`` (proxy mode) trains each trial on a subset of that many identities
     drawn with ``seed``; with ``train_kwargs["max_steps"]`` a trial is a fixed number of SGD
