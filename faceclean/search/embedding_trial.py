@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faceclean.cleaning.clean import read_clean_summary
 from faceclean.data.store import iter_embeddings
 from faceclean.errors import FacecleanError
-from faceclean.search.trial import FaceTrial, acc_fields, budget_steps
+from faceclean.search.trial import FaceTrial, acc_fields, budget_steps, chosen_fields
 from faceclean.training.losses import create_head
 from faceclean.training.verification import FARS, evaluate_embeddings
 
@@ -173,8 +174,12 @@ class EmbeddingHeadTrial:
         """Clean, train the head, score ACC on the validation embeddings. ``run_name`` is
         accepted for the trial interface (nothing is written per trial)."""
         steps = self.steps if budget is None else budget_steps(self.steps, budget)
-        x, y = self.training_rows(combo["tau_intra"], combo["tau_inter"])
-        return self.fit_score(x, y, combo, seed, steps)
+        clean_list = self._cleaner().clean_list(combo["tau_intra"], combo["tau_inter"])
+        x, y = joined_rows(self.embeddings, clean_list)
+        # Every trial logs the tau_intra its cleaning applied (an "auto" one the chosen
+        # value): the data difficulty and the log depend on it, as for a real trial.
+        chosen = chosen_fields(read_clean_summary(clean_list.parent))
+        return {**self.fit_score(x, y, combo, seed, steps), **chosen}
 
     def fit_score(self, x: np.ndarray, y: np.ndarray, combo: dict, seed: int, steps: int) -> dict:
         """Train the head of ``combo`` (its loss and W/D; the cleaning is the caller's: the

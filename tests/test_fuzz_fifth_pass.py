@@ -1,0 +1,82 @@
+"""Defects of the fifth fuzzing pass (issue 22). Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from helpers import one_error_line
+
+from faceclean.cli import main
+from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
+from faceclean.errors import FacecleanError
+from faceclean.search.embedding_trial import EmbeddingHeadTrial
+from faceclean.search.space import BASELINE, load_space
+
+
+def _stores(tmp_path):
+    x, y = clustered_embeddings(12, 8, 32, seed=1)
+    vx, vy = clustered_embeddings(6, 6, 32, seed=2)
+    return (
+        write_embedding_store(tmp_path / "train.parquet", x, y),
+        write_embedding_store(tmp_path / "val.parquet", vx, vy),
+    )
+
+
+@pytest.mark.parametrize("tau", ["auto", 0.2])
+def test_an_embedding_head_trial_logs_the_tau_intra_its_cleaning_applied(tmp_path, tau):
+    """Head trials logged no tau_intra_chosen: an "auto" trial's chosen value (and so its
+    data difficulty) was lost, though every trial is documented to have one."""
+    train, val = _stores(tmp_path)
+    t = EmbeddingHeadTrial(str(train), str(val), str(tmp_path / "w"), (1e-2,), steps=3)
+    out = t(dict(BASELINE, tau_intra=tau, tau_inter=0.9), 0)
+    assert isinstance(out["tau_intra_chosen"], float)
+    if tau == "auto":
+        assert out["tau_intra_reason"]  # why the data chose it
+    else:
+        assert out["tau_intra_chosen"] == 0.2 and out["tau_intra_reason"] is None
+
+
+def test_cli_search_with_auto_head_trials_has_a_data_difficulty_for_each(tmp_path):
+    import json
+
+    train, val = _stores(tmp_path)
+    space = tmp_path / "s.toml"
+    space.write_text('[tokens]\ntau_intra = ["auto"]\n')
+    args = ["search", str(train), "--val-store", str(val), "-o", str(tmp_path / "s")]
+    args += ["--trial", "embedding-head", "--steps", "1", "--batch", "2", "--head-steps", "3"]
+    args += ["--signal-seeds", "0", "--method", "random", "--space-file", str(space)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    lines = (tmp_path / "s" / "trials.jsonl").read_text().splitlines()
+    trials = [json.loads(x) for x in lines if x.strip()]
+    assert len(trials) == 2
+    assert all(t["tau_intra_chosen"] is not None and t["data_difficulty"] is not None
+               for t in trials)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("tokens = 3\n", "must be a table"),
+        ("[[tokens]]\nm1 = [1.0]\n", "must be a table"),
+        (b"\x00\xff\xfe\x01garbage", "not a UTF-8"),
+        ("[tokens]\nm1 = [1.1]\n".encode("utf-16"), "not a UTF-8"),
+    ],
+)
+def test_a_space_file_that_is_no_table_or_not_utf8_is_refused_naming_it(tmp_path, content, needle):
+    """`tokens = 3`, `[[tokens]]` (TypeError) and binary/UTF-16 files (UnicodeDecodeError)
+    reached code that trusted them: tracebacks."""
+    path = tmp_path / "space.toml"
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.raises(FacecleanError, match=needle) as e:
+        load_space(path)
+    assert "space.toml" in str(e.value)
+
+
+def test_a_space_file_that_is_a_folder_is_one_line_on_the_cli(tmp_path):
+    train, val = _stores(tmp_path)
+    (tmp_path / "space.toml").mkdir()
+    args = ["search", str(train), "--val-store", str(val), "-o", str(tmp_path / "s")]
+    args += ["--trial", "embedding-head", "--space-file", str(tmp_path / "space.toml")]
+    res = CliRunner().invoke(main, args)
+    one_error_line(res, "is a folder")
