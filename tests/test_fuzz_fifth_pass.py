@@ -80,3 +80,19 @@ def test_a_space_file_that_is_a_folder_is_one_line_on_the_cli(tmp_path):
     args += ["--trial", "embedding-head", "--space-file", str(tmp_path / "space.toml")]
     res = CliRunner().invoke(main, args)
     one_error_line(res, "is a folder")
+
+
+@pytest.mark.parametrize("kind", ["other dimension", "one identity"])
+def test_a_validation_store_every_head_trial_would_fail_on_is_refused_before_any(tmp_path, kind):
+    """Each trial failed on it, the search printed its table and ran every trial first."""
+    train, _ = _stores(tmp_path)
+    vx, vy = clustered_embeddings(4, 4, 64 if kind == "other dimension" else 32, seed=5)
+    val = write_embedding_store(
+        tmp_path / "v.parquet", vx, vy if kind != "one identity" else 0 * vy
+    )
+    args = ["search", str(train), "--val-store", str(val), "-o", str(tmp_path / "s")]
+    args += ["--trial", "embedding-head", "--steps", "1", "--batch", "2", "--head-steps", "3"]
+    res = CliRunner().invoke(main, [*args, "--signal-seeds", "0", "--method", "random"])
+    line = one_error_line(res, "v.parquet")
+    assert res.output.strip() == line  # nothing else: no table of failed trials
+    assert not (tmp_path / "s" / "trials.jsonl").exists()

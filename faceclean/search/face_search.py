@@ -160,6 +160,10 @@ def run_search(
         if path is None or not Path(path).exists():
             raise FacecleanError(f"{name} not found", path or "(not given)")
     refuse_inputs([output], [p for p in (embeddings, val, scored_on, data_root) if p])
+    if head:  # a validation store every trial would fail on: one line, before any trial
+        from faceclean.search.embedding_trial import EmbeddingHeadTrial
+
+        EmbeddingHeadTrial(str(embeddings), head["val_store"], str(output)).check_stores()
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):  # a second search into the same folder is refused
         prepare_output(output, resume, overwrite)
@@ -185,8 +189,6 @@ def run_search(
         )
         trial = real
         if head:
-            from faceclean.search.embedding_trial import EmbeddingHeadTrial
-
             trial = EmbeddingHeadTrial(
                 str(embeddings), work_dir=str(output), fars=tuple(fars),
                 identities=trial_identities, subset_seed=seed,
