@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import one_error_line
@@ -95,4 +98,23 @@ def test_a_validation_store_every_head_trial_would_fail_on_is_refused_before_any
     res = CliRunner().invoke(main, [*args, "--signal-seeds", "0", "--method", "random"])
     line = one_error_line(res, "v.parquet")
     assert res.output.strip() == line  # nothing else: no table of failed trials
+    assert not (tmp_path / "s" / "trials.jsonl").exists()
+
+
+@pytest.mark.parametrize("kind", ["label far beyond the rows", "too many proxy identities"])
+def test_a_training_store_every_trial_would_fail_on_is_refused_before_any(tmp_path, kind):
+    """Every trial failed on it (cleaning refuses the store; more --trial-identities than
+    identities): the search printed a table of failed trials before its error."""
+    train, val = _stores(tmp_path)
+    extra = []
+    if kind == "label far beyond the rows":
+        x, y = clustered_embeddings(12, 8, 32, seed=1)
+        train = write_embedding_store(tmp_path / "t.parquet", x, np.where(y == 0, 10**6, y))
+    else:
+        extra = ["--trial-identities", "500"]
+    args = ["search", str(train), "--val-store", str(val), "-o", str(tmp_path / "s"), *extra]
+    args += ["--trial", "embedding-head", "--steps", "1", "--batch", "2", "--head-steps", "3"]
+    res = CliRunner().invoke(main, [*args, "--signal-seeds", "0", "--method", "random"])
+    line = one_error_line(res, Path(train).name)
+    assert res.output.strip() == line
     assert not (tmp_path / "s" / "trials.jsonl").exists()

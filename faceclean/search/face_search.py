@@ -145,6 +145,7 @@ def run_search(
     ``val_store`` among them) makes every trial the embedding-head level (seconds; ``val``
     then is only needed by ``retrain_top``, which trains real models).
     Returns {"trials", "top", "plots", "signal"[, "retrained"]}."""
+    from faceclean.cleaning.filter import _checked_batches
     from faceclean.search.plots import plot_search
     from faceclean.search.space import load_space
     from faceclean.search.trial import FaceTrial
@@ -160,7 +161,13 @@ def run_search(
         if path is None or not Path(path).exists():
             raise FacecleanError(f"{name} not found", path or "(not given)")
     refuse_inputs([output], [p for p in (embeddings, val, scored_on, data_root) if p])
-    if head:  # a validation store every trial would fail on: one line, before any trial
+    # What every trial would fail on, refused in one line before any trial: a training
+    # store cleaning refuses, more proxy identities than it has, a bad validation store.
+    for _ in _checked_batches(embeddings, ("label", "embedding"), 65536):
+        pass
+    if trial_identities:
+        FaceTrial(str(embeddings), "", str(output), identities=trial_identities).subset()
+    if head:
         from faceclean.search.embedding_trial import EmbeddingHeadTrial
 
         EmbeddingHeadTrial(str(embeddings), head["val_store"], str(output)).check_stores()
