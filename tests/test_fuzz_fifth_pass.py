@@ -118,3 +118,15 @@ def test_a_training_store_every_trial_would_fail_on_is_refused_before_any(tmp_pa
     line = one_error_line(res, Path(train).name)
     assert res.output.strip() == line
     assert not (tmp_path / "s" / "trials.jsonl").exists()
+
+
+def test_a_mismatched_resume_is_one_line_before_the_status_table(tmp_path):
+    """A resume with another --batch printed the search's status table, then the error."""
+    train, val = _stores(tmp_path)
+    args = ["search", str(train), "--val-store", str(val), "-o", str(tmp_path / "s")]
+    args += ["--trial", "embedding-head", "--steps", "1", "--head-steps", "3"]
+    args += ["--signal-seeds", "0", "--method", "random"]
+    assert CliRunner().invoke(main, [*args, "--batch", "2"]).exit_code == 0
+    res = CliRunner().invoke(main, [*args, "--batch", "3", "--resume"])
+    line = one_error_line(res, "--batch 2")
+    assert res.output.strip() == line

@@ -16,7 +16,14 @@ from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import output_lock, refuse_inputs
 from faceclean.search.fidelity import spent
-from faceclean.search.search_loop import DEFAULTS, METHODS, SearchResult, reward, search
+from faceclean.search.search_loop import (
+    DEFAULTS,
+    METHODS,
+    SearchResult,
+    check_resume,
+    reward,
+    search,
+)
 from faceclean.search.signal import ties
 from faceclean.search.space import TOKENS
 from faceclean.search.trial_log import read_log
@@ -293,6 +300,8 @@ def run_search(
             if console:
                 console.print(verdict["message"])
 
+        if resume:  # a mismatched resume: its one line, before the status table shows
+            check_resume(output, space, method, batch, fingerprints)
         if console:
             from rich.live import Live
 
