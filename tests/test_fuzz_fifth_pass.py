@@ -130,3 +130,35 @@ def test_a_mismatched_resume_is_one_line_before_the_status_table(tmp_path):
     res = CliRunner().invoke(main, [*args, "--batch", "3", "--resume"])
     line = one_error_line(res, "--batch 2")
     assert res.output.strip() == line
+
+
+@pytest.mark.parametrize(
+    "config, needle",
+    [
+        ([], "unreadable config.json (a JSON list"),
+        ({"clean_list": "x", "epochs": "x"}, "epochs 'x'"),
+        ({"clean_list": "x", "epochs": None}, "epochs None"),
+        ({"clean_list": "x", "embedding_size": -3}, "embedding_size -3"),
+        ({"clean_list": "x", "input_size": 1e9}, "input_size"),
+        ({"clean_list": "x", "width": 1e9}, "width"),
+        ({"clean_list": "x", "max_steps": "y"}, "max_steps 'y'"),
+        ({"clean_list": "x", "preset": [3]}, "preset [3]"),
+    ],
+)
+def test_a_run_whose_config_json_declares_absurd_values_is_refused_naming_it(
+    tmp_path, config, needle
+):
+    """A config.json that parsed but was a list, or held a value of the wrong type or an
+    absurd size, reached code that trusted it: AttributeError, TypeError on comparing the
+    epochs, RuntimeError allocating a model of 10^18 bytes."""
+    import json
+
+    from faceclean.training.run import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"never read: the config is refused first")
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FacecleanError) as e:
+        load_run(run, require_finished=True)
+    assert needle in str(e.value) and "run" in str(e.value)
