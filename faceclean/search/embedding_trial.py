@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faceclean.cleaning.clean import read_clean_summary
 from faceclean.data.store import iter_embeddings
 from faceclean.errors import FacecleanError
-from faceclean.search.trial import FaceTrial, acc_fields, budget_steps
+from faceclean.search.trial import FaceTrial, acc_fields, budget_steps, chosen_fields
 from faceclean.training.losses import create_head
 from faceclean.training.verification import FARS, evaluate_embeddings
 
@@ -161,11 +162,23 @@ class EmbeddingHeadTrial:
         """(embeddings [n, d], clean labels [n]) of the rows the trial's cleaning keeps."""
         return joined_rows(self.embeddings, self._cleaner().clean_list(tau_intra, tau_inter))
 
-    def validation(self) -> tuple[np.ndarray, np.ndarray]:
+    def validation(self, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The validation store's (embeddings, labels), checked: >= 2 identities and, given
+        ``dim``, the training embeddings' dimension (the same extractor)."""
         emb, labels = read_store(self.val_store)
         if len(np.unique(labels)) < 2:
             raise FacecleanError("the validation store needs >= 2 identities", self.val_store)
+        if dim is not None and emb.shape[1] != dim:
+            raise FacecleanError(
+                f"validation embeddings have dimension {emb.shape[1]}, the training "
+                f"store's {dim}: not the same extractor",
+                self.val_store,
+            )
         return emb, labels
+
+    def check_stores(self) -> None:
+        """Refuse, before any trial runs, a validation store every trial would fail on."""
+        self.validation(read_store(self.embeddings)[0].shape[1])
 
     def __call__(
         self, combo: dict, seed: int, run_name: str | None = None, budget: float | None = None
@@ -173,20 +186,18 @@ class EmbeddingHeadTrial:
         """Clean, train the head, score ACC on the validation embeddings. ``run_name`` is
         accepted for the trial interface (nothing is written per trial)."""
         steps = self.steps if budget is None else budget_steps(self.steps, budget)
-        x, y = self.training_rows(combo["tau_intra"], combo["tau_inter"])
-        return self.fit_score(x, y, combo, seed, steps)
+        clean_list = self._cleaner().clean_list(combo["tau_intra"], combo["tau_inter"])
+        x, y = joined_rows(self.embeddings, clean_list)
+        # Every trial logs the tau_intra its cleaning applied (an "auto" one the chosen
+        # value): the data difficulty and the log depend on it, as for a real trial.
+        chosen = chosen_fields(read_clean_summary(clean_list.parent))
+        return {**self.fit_score(x, y, combo, seed, steps), **chosen}
 
     def fit_score(self, x: np.ndarray, y: np.ndarray, combo: dict, seed: int, steps: int) -> dict:
         """Train the head of ``combo`` (its loss and W/D; the cleaning is the caller's: the
         rows given) on embeddings ``x`` [n, d] with labels ``y`` (0..K-1) for ``steps``
         SGD steps and score it on the validation store."""
-        val_x, val_y = self.validation()
-        if val_x.shape[1] != x.shape[1]:
-            raise FacecleanError(
-                f"validation embeddings have dimension {val_x.shape[1]}, the training "
-                f"store's {x.shape[1]}: not the same extractor",
-                self.val_store,
-            )
+        val_x, val_y = self.validation(x.shape[1])
         torch.manual_seed(seed)
         layers, units = head_layers(combo["width"], combo["depth"], self.hidden)
         dim = x.shape[1]

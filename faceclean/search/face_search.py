@@ -16,7 +16,14 @@ from faceclean.data.store import atomic_path
 from faceclean.errors import FacecleanError
 from faceclean.outputs import output_lock, refuse_inputs
 from faceclean.search.fidelity import spent
-from faceclean.search.search_loop import DEFAULTS, METHODS, SearchResult, reward, search
+from faceclean.search.search_loop import (
+    DEFAULTS,
+    METHODS,
+    SearchResult,
+    check_resume,
+    reward,
+    search,
+)
 from faceclean.search.signal import ties
 from faceclean.search.space import TOKENS
 from faceclean.search.trial_log import read_log
@@ -146,6 +153,7 @@ def run_search(
     ``val_store`` among them) makes every trial the embedding-head level (seconds; ``val``
     then is only needed by ``retrain_top``, which trains real models).
     Returns {"trials", "top", "plots", "signal"[, "retrained"]}."""
+    from faceclean.cleaning.filter import _checked_batches
     from faceclean.search.plots import plot_search
     from faceclean.search.space import load_space
     from faceclean.search.trial import FaceTrial
@@ -161,6 +169,16 @@ def run_search(
         if path is None or not Path(path).exists():
             raise FacecleanError(f"{name} not found", path or "(not given)")
     refuse_inputs([output], [p for p in (embeddings, val, scored_on, data_root) if p])
+    # What every trial would fail on, refused in one line before any trial: a training
+    # store cleaning refuses, more proxy identities than it has, a bad validation store.
+    for _ in _checked_batches(embeddings, ("label", "embedding"), 65536):
+        pass
+    if trial_identities:
+        FaceTrial(str(embeddings), "", str(output), identities=trial_identities).subset()
+    if head:
+        from faceclean.search.embedding_trial import EmbeddingHeadTrial
+
+        EmbeddingHeadTrial(str(embeddings), head["val_store"], str(output)).check_stores()
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):  # a second search into the same folder is refused
         prepare_output(output, resume, overwrite)
@@ -186,8 +204,6 @@ def run_search(
         )
         trial = real
         if head:
-            from faceclean.search.embedding_trial import EmbeddingHeadTrial
-
             trial = EmbeddingHeadTrial(
                 str(embeddings), work_dir=str(output), fars=tuple(fars),
                 identities=trial_identities, subset_seed=seed,
@@ -285,6 +301,8 @@ def run_search(
             if console:
                 console.print(verdict["message"])
 
+        if resume:  # a mismatched resume: its one line, before the status table shows
+            check_resume(output, space, method, batch, fingerprints)
         if console:
             from rich.live import Live
 

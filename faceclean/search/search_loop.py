@@ -164,6 +164,8 @@ def search(
     state_path, log_path = run_dir / "state.pt", run_dir / "trials.jsonl"
     if (state_path.exists() or log_path.exists()) and not resume:
         raise FacecleanError("holds a search already; pass --resume to continue it", run_dir)
+    if resume:  # before the signal check: a mismatched resume costs no trial
+        check_resume(run_dir, space, method, batch, fingerprints)
     run_dir.mkdir(parents=True, exist_ok=True)
     signal = None
     # A resumed search that was started without the check is not stopped by one now.
@@ -377,6 +379,16 @@ def _sample(method: str, warmup: bool, batch: int, space: SearchSpace, rng):
         tokens = np.stack([rng.integers(0, n, batch) for n in space.sizes], 1)
         return tokens, None, None
     return None, None, None
+
+
+def check_resume(run_dir, space: SearchSpace, method: str, batch: int, fingerprints) -> None:
+    """Refuse, before anything runs or prints, a resume of ``run_dir`` with another space,
+    method, batch or inputs than its state records (nothing to check without a state)."""
+    state_path = Path(run_dir) / "state.pt"
+    if state_path.exists():
+        space_list = [list(space.choices[t]) for t in TOKENS]
+        meta, _ = load_state(state_path)
+        _check_resume(meta, state_path, method, space_list, batch, dict(fingerprints or {}))
 
 
 def _check_resume(meta, path, method, space_list, batch, fingerprints) -> None:

@@ -108,6 +108,11 @@ class SearchSpace:
 def validate(choices: dict, source: str = "search space") -> SearchSpace:
     """Check token names, that every list is non-empty, numeric and in range (``"auto"``
     allowed, once, in AUTO_TOKENS)."""
+    # A TOML file may hold `tokens = 3` or `[[tokens]]` (an array of tables): not a table.
+    if not isinstance(choices, dict):
+        raise FacecleanError(
+            f"[tokens] must be a table of token = [choices], not {type(choices).__name__}", source
+        )
     unknown = set(choices) - set(TOKENS)
     if unknown:
         raise FacecleanError(
@@ -137,10 +142,17 @@ def load_space(path: str | Path | None = None, aspects: str = "all") -> SearchSp
     if path is None:
         return validate(DEFAULT_CHOICES).restrict(aspects)
     path = Path(path)
+    if path.is_dir():
+        raise FacecleanError("is a folder, not a TOML search space file", path)
     try:
-        data = tomllib.loads(path.read_text())
+        # tomllib's own reading: TOML is UTF-8, so a binary or UTF-16 file is a decode error.
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise FacecleanError("search space file not found", path) from None
+    except UnicodeDecodeError as e:
+        raise FacecleanError(
+            f"not a UTF-8 TOML file ({e.reason} at byte {e.start})", path
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise FacecleanError(f"not valid TOML: {e}", path) from None
     if "tokens" not in data:

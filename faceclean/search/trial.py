@@ -80,6 +80,15 @@ def budget_steps(max_steps: int | None, budget: float) -> int:
     return max(1, round(budget * max_steps))
 
 
+def chosen_fields(clean_summary: dict) -> dict:
+    """What a trial's cleaning applied, for its log line: ``tau_intra_chosen`` (the chosen
+    value when the combo says "auto", else the combo's) and ``tau_intra_reason``."""
+    return {
+        "tau_intra_chosen": clean_summary["tau_intra"],
+        "tau_intra_reason": clean_summary.get("tau_intra_auto"),
+    }
+
+
 @dataclass
 class FaceTrial:
     """A picklable trial function ``(combo, seed) -> {acc, macs, ...}``.
@@ -184,9 +193,7 @@ class FaceTrial:
             **acc_fields(scores, self.fars),
             "macs": count_macs(model),
             "params": sum(p.numel() for p in model.parameters()),
-            # What the cleaning applied: the chosen value when the combo says "auto".
-            "tau_intra_chosen": clean_summary["tau_intra"],
-            "tau_intra_reason": clean_summary.get("tau_intra_auto"),
+            **chosen_fields(clean_summary),
             "clean_rows": clean_summary["clean_rows"],
             "clean_classes": clean_summary["clean_classes"],
             "train_steps": summary["steps"],

@@ -52,6 +52,38 @@ class TrainConfig:
     preset: str = "insightface"
 
 
+# What a config.json read back may declare: the train CLI's ranges, with bounds where an
+# absurd value (a crafted or hand-edited file) would allocate terabytes building the model.
+_INT_FIELDS = {"epochs": (1, 2**31 - 1), "embedding_size": (1, 65536), "input_size": (32, 1024)}
+_SCALE_FIELDS = {"width": 64.0, "depth": 64.0}
+
+
+def config_problem(cfg: TrainConfig) -> str | None:
+    """What is wrong with the values of a config read from a file that the loading code
+    trusts (types and ranges), or None."""
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name, (lo, hi) in _INT_FIELDS.items():
+        v = getattr(cfg, name)
+        if not (is_int(v) and lo <= v <= hi):
+            return f"{name} {v!r} is not an integer in [{lo}, {hi}]"
+    if cfg.max_steps is not None and not (is_int(cfg.max_steps) and cfg.max_steps >= 1):
+        return f"max_steps {cfg.max_steps!r} is not null or an integer >= 1"
+    for name, hi in _SCALE_FIELDS.items():
+        v = getattr(cfg, name)
+        if not (isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= hi):
+            return f"{name} {v!r} is not a number in (0, {hi:g}]"
+    if (
+        not isinstance(cfg.backbone, str)
+        or not isinstance(cfg.preset, str)
+        or cfg.preset not in PRESETS
+    ):
+        return f"backbone {cfg.backbone!r} / preset {cfg.preset!r} unknown"
+    return None
+
+
 def build_backbone(cfg: TrainConfig) -> nn.Module:
     """The configured backbone, freshly initialised from torch's current RNG state."""
     return create_backbone(
@@ -117,10 +149,15 @@ def load_run(
         raise FacecleanError("no config.json: not a `faceclean train` run", run_dir)
     try:
         raw = json.loads((run_dir / "config.json").read_text())
+        if not isinstance(raw, dict):  # `[]` or `3` parse, but are no config
+            raise ValueError(f"a JSON {type(raw).__name__}, not an object")
         raw["step_milestones"] = tuple(raw.get("step_milestones", (0.5, 0.75)))
         cfg = TrainConfig(**raw)
     except (ValueError, TypeError) as e:
         raise FacecleanError(f"unreadable config.json ({e})", run_dir) from None
+    bad = config_problem(cfg)
+    if bad:
+        raise FacecleanError(f"config.json has a bad value: {bad}", run_dir)
     state = read_checkpoint(run_dir / "checkpoint.pt", device)
     if require_finished:
         done, where = run_progress(state, cfg)
