@@ -162,3 +162,39 @@ def test_a_run_whose_config_json_declares_absurd_values_is_refused_naming_it(
     with pytest.raises(FacecleanError) as e:
         load_run(run, require_finished=True)
     assert needle in str(e.value) and "run" in str(e.value)
+
+
+def test_a_list_with_one_huge_label_is_refused_before_the_head_is_allocated(tmp_path):
+    """A label of 10**12 in a 16-image list: train tried to allocate a head of 10**12 rows
+    (hung past 100 s); now one line naming the list and the label, nothing trained."""
+    from faceclean.data.synthetic import make_face_folder
+
+    faces = make_face_folder(tmp_path / "faces", identities=2, per_identity=8, size=32)
+    images = sorted(p.relative_to(faces) for p in faces.rglob("*.png"))
+    assert images
+    listing = tmp_path / "huge.lst"
+    listing.write_text(
+        "".join(f"{p}\t{10**12 if i == 0 else i % 2}\n" for i, p in enumerate(images))
+    )
+    run = tmp_path / "run"
+    res = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(listing),
+            "--data",
+            str(faces),
+            "-o",
+            str(run),
+            "--max-steps",
+            "1",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+        ],
+    )
+    one_error_line(res, "huge.lst", "largest label is 1000000000000")
+    assert not (run / "checkpoint.pt").exists()

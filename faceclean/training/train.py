@@ -168,6 +168,7 @@ def train(
             cfg.clean_list,
         )
     world = int(os.environ.get("WORLD_SIZE", 1))
+    _check_head_fits(num_classes, cfg.embedding_size, world, cfg.clean_list)
     if len(paths) < cfg.batch_size * world:
         raise FacecleanError(
             f"{len(paths)} image(s), fewer than one batch of {cfg.batch_size * world}: "
@@ -378,3 +379,26 @@ def evaluate_run_bin(run_dir: str | Path, bin_path: str | Path) -> dict:
         return np.concatenate(out)
 
     return evaluate_bin(bin_path, embed)
+
+
+def _check_head_fits(num_classes: int, embedding_size: int, world: int, where) -> None:
+    """Refuse a classifier head that cannot fit in this machine's memory before allocating it.
+
+    The head has one row per label up to the largest, so one stray huge label (say 10**9 in
+    a list of a dozen images) would otherwise hang the run allocating terabytes. The rows are
+    counted three times (weight, gradient, momentum), float32, split over ``world`` ranks;
+    a real subset of a larger list (labels up to its class count) still trains."""
+    rows = -(-num_classes // world)
+    need = rows * embedding_size * 4 * 3
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not reported on this platform
+        return
+    if need > have:
+        raise FacecleanError(
+            f"its largest label is {num_classes - 1}: a head of {num_classes} classes x "
+            f"{embedding_size} needs {need / 2**30:.0f} GiB per process (weights, gradients, "
+            f"momentum), more than this machine's {have / 2**30:.0f} GiB; labels must be "
+            "0..K-1 class numbers (renumber them, or train over more processes)",
+            where,
+        )
