@@ -56,3 +56,12 @@ def lock_held(out: Path, seconds: float = 60.0) -> Iterator[subprocess.Popen]:
     finally:
         holder.kill()
         holder.wait()
+
+
+def tiny_store(path):
+    """A small real embedding store: search reads the training store's rows before any
+    trial (a store cleaning would refuse fails in one line first), even with faked trials."""
+    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
+
+    x, y = clustered_embeddings(6, 4, 16, seed=0)
+    return write_embedding_store(path, x, y)

@@ -162,7 +162,7 @@ def test_spearman_matches_scipy_with_ties():
 
 def test_cli_check_fidelity_reports_rho_and_the_cheapest_level(tmp_path, monkeypatch):
     from click.testing import CliRunner
-    from helpers import one_error_line
+    from helpers import one_error_line, tiny_store
 
     import faceclean.search.trial
     from faceclean.cli import main
@@ -172,7 +172,7 @@ def test_cli_check_fidelity_reports_rho_and_the_cheapest_level(tmp_path, monkeyp
         return Levels()(combo, seed, budget) | {"train_steps": steps}
 
     monkeypatch.setattr(faceclean.search.trial.FaceTrial, "__call__", fake)
-    _tiny_store(tmp_path / "e.parquet")
+    tiny_store(tmp_path / "e.parquet")
     (tmp_path / "val").mkdir()
     base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path / "val"), "-o",
             str(tmp_path / "run"), "--check-fidelity", "--fidelity-combos", "10"]  # fmt: skip
@@ -255,7 +255,7 @@ def test_debias_promotes_what_full_training_prefers_not_what_short_training_does
 
 def test_cli_debias_reaches_the_search_and_needs_fidelity(tmp_path, monkeypatch):
     from click.testing import CliRunner
-    from helpers import one_error_line
+    from helpers import one_error_line, tiny_store
 
     import faceclean.search.trial
     from faceclean.cli import main
@@ -266,7 +266,7 @@ def test_cli_debias_reaches_the_search_and_needs_fidelity(tmp_path, monkeypatch)
         return ShortBiased()(combo, seed, budget) | {"train_steps": steps}
 
     monkeypatch.setattr(faceclean.search.trial.FaceTrial, "__call__", fake)
-    _tiny_store(tmp_path / "e.parquet")
+    tiny_store(tmp_path / "e.parquet")
     (tmp_path / "val").mkdir()
     base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path / "val"),
             "--max-steps", "9", "--signal-seeds", "0", "--method", "random", "--batch", "2",
@@ -326,7 +326,9 @@ def test_cli_mutate_reaches_the_search(tmp_path, monkeypatch):
         raise FacecleanError("stopped by the test")
 
     monkeypatch.setattr(faceclean.search.face_search, "search", fake_search)
-    _tiny_store(tmp_path / "e.parquet")
+    from helpers import tiny_store
+
+    tiny_store(tmp_path / "e.parquet")
     (tmp_path / "val").mkdir()
     base = ["search", str(tmp_path / "e.parquet"), "--val", str(tmp_path / "val"),
             "--signal-seeds", "0", "--explore", "0.5"]  # fmt: skip
@@ -335,12 +337,3 @@ def test_cli_mutate_reaches_the_search(tmp_path, monkeypatch):
         out = CliRunner().invoke(main, [*base, *extra, "-o", str(tmp_path / str(want))])
         assert out.exit_code == 2 and "stopped by the test" in out.output, out.output
         assert seen["mutate"] == want and seen["explore"] == 0.5
-
-
-def _tiny_store(path):
-    """A small real embedding store: search reads the training store's rows before any
-    trial (a store cleaning would refuse fails in one line first), even with faked trials."""
-    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
-
-    x, y = clustered_embeddings(6, 4, 16, seed=0)
-    return write_embedding_store(path, x, y)

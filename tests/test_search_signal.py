@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import one_error_line
+from helpers import one_error_line, tiny_store
 
 from faceclean.cli import main
 from faceclean.errors import FacecleanError
@@ -137,7 +137,7 @@ def test_the_cli_stops_with_one_line_then_force_searches_without_rerunning(tmp_p
     import faceclean.search.trial
 
     monkeypatch.setattr(faceclean.search.trial.FaceTrial, "__call__", _fake_trial(0.003))
-    _tiny_store(tmp_path / "e.parquet")  # the trial is faked; search checks the store
+    tiny_store(tmp_path / "e.parquet")  # the trial is faked; search checks the store
     (tmp_path / "val").mkdir()
     out = tmp_path / "run"
     args = ["search", tmp_path / "e.parquet", "--val", tmp_path / "val", "-o", out,
@@ -156,12 +156,3 @@ def test_the_cli_stops_with_one_line_then_force_searches_without_rerunning(tmp_p
     assert "cannot resolve FAR 1e-05" in forced.output  # the renormalised weights, said once
     assert forced.output.count("cannot resolve FAR") == 1
     assert len(json.loads((out / "signal.json").read_text())["trials"]) == 6
-
-
-def _tiny_store(path):
-    """A small real embedding store: search reads the training store's rows before any
-    trial (a store cleaning would refuse fails in one line first), even with faked trials."""
-    from faceclean.data.synthetic import clustered_embeddings, write_embedding_store
-
-    x, y = clustered_embeddings(6, 4, 16, seed=0)
-    return write_embedding_store(path, x, y)
